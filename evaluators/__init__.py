@@ -1,0 +1,1 @@
+"""How good a candidate is: proxy training and zero-cost proxies (see issue: evaluators)."""

@@ -1,0 +1,1 @@
+"""Latency lookup tables measured with onnxruntime on the target device (see issue: latency)."""

@@ -1,0 +1,1 @@
+"""Runs: what a user launches (the `bneck` CLI lives in runs.cli)."""

@@ -1,0 +1,436 @@
+"""Factorized hierarchical search spaces (MnasNet §4) around a seed network.
+
+A space is a fixed sequence of stages (residual groups). Per stage it decides the number of layers, the
+output width (a ratio of the seed's width), and, tied across the stage as in MnasNet, the depthwise kernel,
+SE and nonlinearity. Each layer picks its own expansion ratio: MobileNetV3's expansions vary inside a
+stage (240, 200, 184, 184), so per-layer expansion is what makes the presets exact points of the space.
+
+Every architecture of a space is a vector of decision indices (`encode`/`decode`), the representation that
+samplers, controllers and vectorized predictors share. Absent layers' expansion slots hold -1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from search_space.presets import mobilenet_v3_large, mobilenet_v3_small
+from search_space.spec import (
+    Arch,
+    Bneck,
+    Head,
+    LayerConfig,
+    SpecError,
+    Stem,
+    make_divisible,
+    out_size,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """One residual group: `depths` layers of width `base_out`·ratio, the first with `stride`."""
+
+    base_out: int
+    stride: int
+    depths: tuple[int, ...]
+    width_ratios: tuple[float, ...]
+    kernels: tuple[int, ...]
+    se: tuple[bool, ...]
+    acts: tuple[str, ...]
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return tuple(make_divisible(self.base_out * r, 8) for r in self.width_ratios)
+
+    @property
+    def max_depth(self) -> int:
+        return max(self.depths)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One categorical choice of the space; `choices` are the values, decisions are indices into them."""
+
+    name: str
+    choices: tuple[Any, ...]
+    stage: int
+    layer: int | None = None  # set for per-layer expansion decisions
+
+
+class SearchSpace:
+    """A MnasNet-style space. Resolution and class count are run settings, not searched."""
+
+    def __init__(self, name: str, stem: Stem, stages: Sequence[Stage], expand_ratios: Sequence[float],
+                 head: Head, num_classes: int = 1000, resolution: int = 224) -> None:
+        if not stages:
+            raise SpecError("a search space needs at least one stage")
+        self.name = name
+        self.stem = stem
+        self.stages = tuple(stages)
+        self.expand_ratios = tuple(float(r) for r in expand_ratios)
+        self.head = head
+        self.num_classes = num_classes
+        self.resolution = resolution
+        decisions: list[Decision] = []
+        for i, st in enumerate(self.stages):
+            decisions += [Decision(f"s{i}.depth", st.depths, i), Decision(f"s{i}.width", st.width_ratios, i),
+                          Decision(f"s{i}.kernel", st.kernels, i), Decision(f"s{i}.se", st.se, i),
+                          Decision(f"s{i}.act", st.acts, i)]
+            decisions += [Decision(f"s{i}.l{j}.expand", self.expand_ratios, i, j) for j in range(st.max_depth)]
+        self.decisions: tuple[Decision, ...] = tuple(decisions)
+        self._index = {d.name: k for k, d in enumerate(self.decisions)}
+        self.cardinalities = np.array([len(d.choices) for d in self.decisions], dtype=np.int64)
+
+    def __repr__(self) -> str:
+        return f"SearchSpace({self.name!r}, stages={len(self.stages)}, log10_size={self.log10_size:.1f})"
+
+    # ---- size ---------------------------------------------------------------------------------------
+    @property
+    def num_decisions(self) -> int:
+        return len(self.decisions)
+
+    @property
+    def size(self) -> int:
+        """Number of distinct decision vectors (a few may build the same network: widths round to 8)."""
+        total = 1
+        n_exp = len(self.expand_ratios)
+        for st in self.stages:
+            per_stage = len(st.width_ratios) * len(st.kernels) * len(st.se) * len(st.acts)
+            total *= per_stage * sum(n_exp**d for d in st.depths)
+        return total
+
+    @property
+    def log10_size(self) -> float:
+        return math.log10(self.size)
+
+    # ---- decisions <-> architectures -----------------------------------------------------------------
+    def decode(self, vector: Sequence[int] | np.ndarray) -> Arch:
+        """The architecture of a decision vector (absent-layer slots are ignored)."""
+        vec = [int(v) for v in vector]
+        if len(vec) != self.num_decisions:
+            raise SpecError(f"encoding has {len(vec)} entries, space {self.name} needs {self.num_decisions}")
+        blocks: list[Bneck] = []
+        cin = self.stem.out
+        k = 0
+        for i, st in enumerate(self.stages):
+            idx = vec[k:k + 5 + st.max_depth]
+            for name, value, n in zip(("depth", "width", "kernel", "se", "act"), idx[:5],
+                                      (len(st.depths), len(st.width_ratios), len(st.kernels), len(st.se),
+                                       len(st.acts)), strict=True):
+                if not 0 <= value < n:
+                    raise SpecError(f"s{i}.{name}: index {value} not in [0, {n})")
+            depth = st.depths[idx[0]]
+            out = st.widths[idx[1]]
+            for j in range(depth):
+                r = idx[5 + j]
+                if not 0 <= r < len(self.expand_ratios):
+                    raise SpecError(f"s{i}.l{j}.expand: index {r} not in [0, {len(self.expand_ratios)})")
+                blocks.append(Bneck(kernel=st.kernels[idx[2]], expand=make_divisible(cin * self.expand_ratios[r], 8),
+                                    out=out, stride=st.stride if j == 0 else 1, se=st.se[idx[3]],
+                                    act=st.acts[idx[4]]))  # type: ignore[arg-type]
+                cin = out
+            k += 5 + st.max_depth
+        return Arch(stem=self.stem, blocks=tuple(blocks), head=self.head, num_classes=self.num_classes,
+                    resolution=self.resolution)
+
+    def encode(self, arch: Arch) -> np.ndarray:
+        """The canonical decision vector of `arch` (lowest index wherever two choices coincide).
+
+        Raises SpecError saying why when `arch` is not in the space. Resolution and class count are ignored.
+        """
+        if arch.stem != self.stem:
+            raise SpecError(f"stem {arch.stem} differs from the space's {self.stem}")
+        if arch.head != self.head:
+            raise SpecError(f"head {arch.head} differs from the space's {self.head}")
+        blocks = arch.blocks
+        if not all(isinstance(b, Bneck) for b in blocks):
+            raise SpecError("the space holds bneck blocks only")
+        result = self._encode_from(blocks, 0, 0, self.stem.out)
+        if isinstance(result, str):
+            raise SpecError(result)
+        return np.array(result, dtype=np.int64)
+
+    def _encode_from(self, blocks: tuple[Any, ...], stage: int, pos: int, cin: int) -> list[int] | str:
+        """Backtracking partition of `blocks[pos:]` into stages `stage...`; a reason string on failure."""
+        if stage == len(self.stages):
+            return [] if pos == len(blocks) else f"{len(blocks) - pos} blocks beyond the last stage"
+        st = self.stages[stage]
+        reason = f"stage {stage}: no depth in {st.depths} fits block {pos}"
+        for d_idx, depth in enumerate(st.depths):
+            group = blocks[pos:pos + depth]
+            if len(group) < depth:
+                continue
+            vec = self._encode_stage(st, stage, group, cin, pos)
+            if isinstance(vec, str):
+                reason = vec
+                continue
+            rest = self._encode_from(blocks, stage + 1, pos + depth, group[-1].out)
+            if isinstance(rest, str):
+                reason = rest
+                continue
+            return [d_idx, *vec, *rest]
+        return reason
+
+    def _encode_stage(self, st: Stage, stage: int, group: tuple[Bneck, ...], cin: int,
+                      pos: int) -> list[int] | str:
+        first = group[0]
+        where = f"block {pos} (stage {stage})"
+        if first.out not in st.widths:
+            return f"{where}: out {first.out} not in {set(st.widths)}"
+        for choice, values, label in ((first.kernel, st.kernels, "kernel"), (first.se, st.se, "se"),
+                                      (first.act, st.acts, "act")):
+            if choice not in values:
+                return f"{where}: {label} {choice} not in {set(values)}"
+        expands: list[int] = []
+        for j, b in enumerate(group):
+            w = f"block {pos + j} (stage {stage})"
+            if b.out != first.out or b.kernel != first.kernel or b.se != first.se or b.act != first.act:
+                return f"{w}: out/kernel/se/act must match the stage's first block"
+            if b.stride != (st.stride if j == 0 else 1):
+                return f"{w}: stride {b.stride} != {st.stride if j == 0 else 1}"
+            layer_in = cin if j == 0 else first.out
+            for r_idx, r in enumerate(self.expand_ratios):
+                if make_divisible(layer_in * r, 8) == b.expand:
+                    expands.append(r_idx)
+                    break
+            else:
+                return f"{w}: expand {b.expand} is no ratio in {self.expand_ratios} of input width {layer_in}"
+        expands += [-1] * (st.max_depth - len(group))
+        return [st.widths.index(first.out), st.kernels.index(first.kernel), st.se.index(first.se),
+                st.acts.index(first.act), *expands]
+
+    def contains(self, arch: Arch) -> bool:
+        try:
+            self.encode(arch)
+        except SpecError:
+            return False
+        return True
+
+    # ---- sampling -----------------------------------------------------------------------------------
+    def sample_encoded(self, rng: np.random.Generator, n: int = 1) -> np.ndarray:
+        """`n` uniform decision vectors, shape (n, num_decisions); absent-layer slots are -1."""
+        vecs = np.floor(rng.random((n, self.num_decisions)) * self.cardinalities).astype(np.int64)
+        k = 0
+        for st in self.stages:
+            depth = np.asarray(st.depths)[vecs[:, k]]
+            slots = np.arange(st.max_depth)
+            vecs[:, k + 5:k + 5 + st.max_depth][slots[None, :] >= depth[:, None]] = -1
+            k += 5 + st.max_depth
+        return vecs
+
+    def sample(self, rng: np.random.Generator | int) -> Arch:
+        """One architecture uniformly over decision vectors; `rng` may be a seed."""
+        gen = np.random.default_rng(rng) if isinstance(rng, int) else rng
+        return self.decode(self.sample_encoded(gen, 1)[0])
+
+    def mutate(self, arch: Arch, rng: np.random.Generator | int) -> Arch:
+        """Change one active decision of `arch` to another value (Real et al. 2019); never returns `arch`."""
+        gen = np.random.default_rng(rng) if isinstance(rng, int) else rng
+        vec = self.encode(arch)
+        for _ in range(100):
+            new = vec.copy()
+            active = np.flatnonzero(new >= 0)
+            k = int(active[gen.integers(len(active))])
+            n = int(self.cardinalities[k])
+            if n < 2:
+                continue
+            new[k] = (new[k] + 1 + gen.integers(n - 1)) % n
+            self._fill_slots(new, gen)
+            child = self.decode(new)
+            if child != arch:
+                return child
+        raise SpecError(f"space {self.name}: no mutation of this architecture changes it")
+
+    def _fill_slots(self, vec: np.ndarray, gen: np.random.Generator) -> None:
+        """After a depth change: sample expansions for new layers, blank slots of removed ones."""
+        k = 0
+        n_exp = len(self.expand_ratios)
+        for st in self.stages:
+            depth = st.depths[vec[k]]
+            for j in range(st.max_depth):
+                slot = k + 5 + j
+                if j < depth and vec[slot] < 0:
+                    vec[slot] = gen.integers(n_exp)
+                elif j >= depth:
+                    vec[slot] = -1
+            k += 5 + st.max_depth
+
+    def suggest(self, trial: Any) -> Arch:
+        """Define-by-run sampling through an Optuna trial; layer expansions are conditional on depth."""
+        vec = np.full(self.num_decisions, -1, dtype=np.int64)
+        k = 0
+        for st in self.stages:
+            for off in range(5):
+                d = self.decisions[k + off]
+                vec[k + off] = d.choices.index(trial.suggest_categorical(d.name, list(d.choices)))
+            depth = st.depths[vec[k]]
+            for j in range(depth):
+                d = self.decisions[k + 5 + j]
+                vec[k + 5 + j] = d.choices.index(trial.suggest_categorical(d.name, list(d.choices)))
+            k += 5 + st.max_depth
+        return self.decode(vec)
+
+    # ---- what the latency table must measure ----------------------------------------------------------
+    def layer_configs(self, resolution: int | None = None) -> list[LayerConfig]:
+        """Every distinct latency-relevant layer any architecture of the space has at `resolution`."""
+        size = self.resolution if resolution is None else resolution
+        s = self.stem
+        configs = {LayerConfig("stem", size, 3, 0, s.out, s.kernel, s.stride, False, s.act)}
+        size = out_size(size, s.stride)
+        in_widths: set[int] = {s.out}
+        for st in self.stages:
+            outs = set(st.widths)
+            for out in outs:
+                for k in st.kernels:
+                    for se in st.se:
+                        for act in st.acts:
+                            for cin, stride, sz in [(c, st.stride, size) for c in in_widths] + (
+                                    [(out, 1, out_size(size, st.stride))] if st.max_depth > 1 else []):
+                                for r in self.expand_ratios:
+                                    configs.add(LayerConfig("bneck", sz, cin, make_divisible(cin * r, 8), out, k,
+                                                            stride, se, act))
+            size = out_size(size, st.stride)
+            in_widths = outs
+        h = self.head
+        for cin in in_widths:
+            configs.add(LayerConfig("head", size, cin, h.conv or 0, h.hidden or 0, 1, 1, False,
+                                    f"{h.conv_act}/{h.hidden_act}", self.num_classes))
+        return sorted(configs, key=lambda c: (c.kind != "stem", c.kind == "head", -c.size, c.cin, c.out,
+                                              c.expand, c.kernel, c.stride, c.se, c.act))
+
+    def tabulate(self, fn: Callable[[LayerConfig], Any], resolution: int | None = None,
+                 dtype: Any = np.float64) -> LayerTables:
+        """Tabulate a per-layer quantity (cost, latency, ...) so it sums over many encodings at once.
+
+        `fn(layer_config)` returns a number or a tuple of numbers; `LayerTables.total(encoded)` then returns
+        the per-architecture sums, shape (n,) or (n, len(tuple)), with numpy gathers only.
+        """
+        size = self.resolution if resolution is None else resolution
+        s = self.stem
+        stem = np.asarray(fn(LayerConfig("stem", size, 3, 0, s.out, s.kernel, s.stride, False, s.act)), dtype)
+        size = out_size(size, s.stride)
+        prev_widths: tuple[int, ...] = (s.out,)
+        first, rest = [], []
+        for st in self.stages:
+            osize = out_size(size, st.stride)
+            grid = [(k, se, act, r) for k in st.kernels for se in st.se for act in st.acts for r in self.expand_ratios]
+            shape = (len(st.kernels), len(st.se), len(st.acts), len(self.expand_ratios), *stem.shape)
+
+            def table(cin: int, out: int, stride: int, sz: int, grid: list = grid, shape: tuple = shape) -> np.ndarray:
+                vals = [fn(LayerConfig("bneck", sz, cin, make_divisible(cin * r, 8), out, k, stride, se, act))
+                        for k, se, act, r in grid]
+                return np.asarray(vals, dtype).reshape(shape)
+
+            first.append(np.stack([np.stack([table(cin, out, st.stride, size) for out in st.widths])
+                                   for cin in prev_widths]))
+            rest.append(np.stack([table(out, out, 1, osize) for out in st.widths]) if st.max_depth > 1 else None)
+            size, prev_widths = osize, st.widths
+        h = self.head
+        head = np.stack([np.asarray(fn(LayerConfig("head", size, cin, h.conv or 0, h.hidden or 0, 1, 1, False,
+                                                   f"{h.conv_act}/{h.hidden_act}", self.num_classes)), dtype)
+                         for cin in prev_widths])
+        return LayerTables(self, stem, first, rest, head)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "num_classes": self.num_classes, "resolution": self.resolution,
+                "log10_size": round(self.log10_size, 2), "num_decisions": self.num_decisions,
+                "expand_ratios": list(self.expand_ratios),
+                "stages": [{"base_out": st.base_out, "stride": st.stride, "depths": list(st.depths),
+                            "widths": list(st.widths), "kernels": list(st.kernels), "se": list(st.se),
+                            "acts": list(st.acts)} for st in self.stages]}
+
+
+class LayerTables:
+    """Per-slot lookup tables of a per-layer quantity over a space (see `SearchSpace.tabulate`)."""
+
+    def __init__(self, space: SearchSpace, stem: np.ndarray, first: list[np.ndarray],
+                 rest: list[np.ndarray | None], head: np.ndarray) -> None:
+        self.space, self.stem, self.first, self.rest, self.head = space, stem, first, rest, head
+
+    def total(self, encoded: np.ndarray) -> np.ndarray:
+        """Sum of the quantity over every layer of each encoded architecture (rows of `encoded`)."""
+        enc = np.asarray(encoded, dtype=np.int64)
+        if enc.ndim == 1:
+            enc = enc[None, :]
+        if enc.shape[1] != self.space.num_decisions:
+            raise SpecError(f"encodings have {enc.shape[1]} columns, space {self.space.name} needs "
+                            f"{self.space.num_decisions}")
+        total = np.broadcast_to(self.stem, (len(enc), *self.stem.shape)).copy()
+        prev = np.zeros(len(enc), dtype=np.int64)
+        k = 0
+        for i, st in enumerate(self.space.stages):
+            w, ks, se, act = enc[:, k + 1], enc[:, k + 2], enc[:, k + 3], enc[:, k + 4]
+            total += self.first[i][prev, w, ks, se, act, enc[:, k + 5]]
+            rest = self.rest[i]
+            for j in range(1, st.max_depth):
+                r = enc[:, k + 5 + j]
+                present = r >= 0
+                vals = rest[w, ks, se, act, np.maximum(r, 0)]  # type: ignore[index]
+                total += np.where(present.reshape(-1, *([1] * (vals.ndim - 1))), vals, 0)
+            prev = w
+            k += 5 + st.max_depth
+        return total + self.head[prev]
+
+
+def space_around(name: str, seed: Arch, expand_ratios: Sequence[float], *,
+                 width_ratios: Sequence[float] = (0.75, 1.0, 1.25), kernels: Sequence[int] = (3, 5, 7),
+                 depth_delta: int = 1, num_classes: int = 1000, resolution: int = 224) -> SearchSpace:
+    """A space whose stages are the seed's residual groups (a new stage at every stride 2 or width change),
+    with per-stage depth seed±`depth_delta`, width ratios, kernels, SE on/off and ReLU/h-swish."""
+    groups: list[list[Bneck]] = []
+    cin = seed.stem.out
+    for b in seed.blocks:
+        if not isinstance(b, Bneck):
+            raise SpecError("space_around needs a seed made of bneck blocks")
+        if not groups or b.stride != 1 or b.out != cin:
+            groups.append([])
+        groups[-1].append(b)
+        cin = b.out
+    stages = []
+    for g in groups:
+        n = len(g)
+        depths = tuple(range(max(1, n - depth_delta), n + depth_delta + 1))
+        stages.append(Stage(base_out=g[0].out, stride=g[0].stride, depths=depths,
+                            width_ratios=tuple(width_ratios), kernels=tuple(kernels), se=(False, True),
+                            acts=("relu", "hswish")))
+    return SearchSpace(name, seed.stem, stages, expand_ratios, seed.head, num_classes, resolution)
+
+
+# Expansion ratios: MnasNet's {3, 6}, 1 for the first stage, and the ratios MobileNetV3's NetAdapt step left
+# in the published models (Large: 200/80 = 2.5, 184/80 = 2.3, 64/16 = 4; Small: 72/16 = 4.5, 88/24 = 3.67).
+V3_LARGE_RATIOS = (1.0, 2.3, 2.5, 3.0, 4.0, 6.0)
+V3_SMALL_RATIOS = (1.0, 3.0, 3.67, 4.0, 4.5, 6.0)
+
+
+def mobilenet_v3_large_space(width_mult: float = 1.0, num_classes: int = 1000,
+                             resolution: int = 224) -> SearchSpace:
+    """The MnasNet-style space around MobileNetV3-Large (contains it exactly)."""
+    seed = mobilenet_v3_large(width_mult, resolution, num_classes)
+    return space_around("mobilenet_v3_large_space", seed, V3_LARGE_RATIOS, num_classes=num_classes,
+                        resolution=resolution)
+
+
+def mobilenet_v3_small_space(width_mult: float = 1.0, num_classes: int = 1000,
+                             resolution: int = 224) -> SearchSpace:
+    """The MnasNet-style space around MobileNetV3-Small (contains it exactly)."""
+    seed = mobilenet_v3_small(width_mult, resolution, num_classes)
+    return space_around("mobilenet_v3_small_space", seed, V3_SMALL_RATIOS, num_classes=num_classes,
+                        resolution=resolution)
+
+
+SPACES: dict[str, Callable[..., SearchSpace]] = {
+    "mobilenet_v3_large_space": mobilenet_v3_large_space,
+    "mobilenet_v3_small_space": mobilenet_v3_small_space,
+}
+
+
+def get_space(name: str, width_mult: float = 1.0, num_classes: int = 1000, resolution: int = 224) -> SearchSpace:
+    """A space by name; unknown names raise a SpecError listing the known ones."""
+    if name not in SPACES:
+        raise SpecError(f"unknown space {name!r} (known: {', '.join(SPACES)})")
+    return SPACES[name](width_mult=width_mult, num_classes=num_classes, resolution=resolution)

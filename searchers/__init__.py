@@ -1,0 +1,1 @@
+"""Search strategies behind one Optuna sampler interface (see issue: searchers)."""
