@@ -11,7 +11,6 @@ install: $(STAMP)
 # torch first and pinned: 2.13.0 is a local CPU wheel; letting the resolver pick torch pulls a CUDA build.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $(STAMP)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from search_space.spec import Arch, Bneck, DepthwiseSeparable, se_channels
+from search_space.spec import Arch, Bneck, DepthwiseSeparable, LayerConfig, se_channels
+from search_space.spec import Head as HeadSpec
 
 BN_EPS = 1e-3  # torchvision MobileNetV3 and the TF reference models
 BN_MOMENTUM = 0.01
@@ -92,9 +93,8 @@ class DepthwiseSeparableBlock(nn.Module):
 class Head(nn.Module):
     """[1x1 conv + BN + act] -> global average pool -> [linear + act] -> dropout -> classifier."""
 
-    def __init__(self, cin: int, arch: Arch) -> None:
+    def __init__(self, cin: int, h: HeadSpec, num_classes: int) -> None:
         super().__init__()
-        h = arch.head
         self.conv = ConvBNAct(cin, h.conv, 1, act=h.conv_act) if h.conv is not None else None
         width = h.conv if h.conv is not None else cin
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -105,7 +105,7 @@ class Head(nn.Module):
             self.hidden_act = activation(h.hidden_act)
             width = h.hidden
         self.dropout = nn.Dropout(h.dropout)
-        self.classifier = nn.Linear(width, arch.num_classes)
+        self.classifier = nn.Linear(width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.conv is not None:
@@ -128,7 +128,7 @@ class BneckNet(nn.Module):
         for cin, b in zip(arch.in_channels, arch.blocks, strict=True):
             blocks.append(InvertedResidual(cin, b) if isinstance(b, Bneck) else DepthwiseSeparableBlock(cin, b))
         self.blocks = nn.ModuleList(blocks)
-        self.head = Head(arch.last_channels, arch)
+        self.head = Head(arch.last_channels, arch.head, arch.num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
@@ -162,3 +162,32 @@ def build_model(arch: Arch, seed: int = 0) -> BneckNet:
     model = BneckNet(arch)
     init_weights(model, seed)
     return model
+
+
+def build_layer(cfg: LayerConfig, seed: int = 0) -> nn.Module:
+    """The module of one `LayerConfig` (as in the whole network), e.g. to time it alone.
+
+    Its input is `layer_input_shape(cfg)`. Same classes as `build_model`, so exported ops are identical.
+    """
+    module: nn.Module
+    if cfg.kind == "stem":
+        module = ConvBNAct(cfg.cin, cfg.out, cfg.kernel, cfg.stride, act=cfg.act)
+    elif cfg.kind == "bneck":
+        module = InvertedResidual(cfg.cin, Bneck(cfg.kernel, cfg.expand, cfg.out, cfg.stride, cfg.se,
+                                                 cfg.act))  # type: ignore[arg-type]
+    elif cfg.kind == "ds":
+        module = DepthwiseSeparableBlock(cfg.cin, DepthwiseSeparable(cfg.kernel, cfg.out, cfg.stride,
+                                                                     cfg.act))  # type: ignore[arg-type]
+    elif cfg.kind == "head":
+        conv_act, hidden_act = cfg.act.split("/")
+        spec = HeadSpec(conv=cfg.expand or None, conv_act=conv_act, hidden=cfg.out or None,  # type: ignore[arg-type]
+                        hidden_act=hidden_act, dropout=0.0)  # type: ignore[arg-type]
+        module = Head(cfg.cin, spec, cfg.num_classes)
+    else:
+        raise ValueError(f"unknown layer kind {cfg.kind!r}")
+    init_weights(module, seed)
+    return module.eval()
+
+
+def layer_input_shape(cfg: LayerConfig, batch_size: int = 1) -> tuple[int, int, int, int]:
+    return (batch_size, cfg.cin, cfg.size, cfg.size)
