@@ -107,7 +107,8 @@ def space_show(name_or_spec: str, width_mult: float | None, resolution: int | No
     """Show a preset, a spec (file, JSON or arch string) or a search space."""
     try:
         if name_or_spec in ss.SPACES:
-            sp = ss.get_space(name_or_spec, width_mult or 1.0, num_classes or 1000, resolution or 224)
+            sp = ss.get_space(name_or_spec, 1.0 if width_mult is None else width_mult,
+                              1000 if num_classes is None else num_classes, 224 if resolution is None else resolution)
             info = sp.to_dict()
             info["layer_configs"] = len(sp.layer_configs())
             if as_json:

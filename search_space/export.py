@@ -37,7 +37,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise SpecError(f"weights file {str(p)!r} is not a torch state dict: {exc}") from None
+        raise SpecError(f"weights file {str(p)!r} is not a torch state dict ({type(exc).__name__})") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     elif isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):

@@ -21,7 +21,13 @@ from search_space.spec import Arch, Block, Bneck, DepthwiseSeparable, Head, Spec
 
 ACT_TOKENS = {"re": "relu", "r6": "relu6", "hs": "hswish"}
 TOKEN_OF_ACT = {v: k for k, v in ACT_TOKENS.items()}
-_NUM = re.compile(r"^([a-z]+?)(\d+(?:\.\d+)?)$")
+_NUM = re.compile(r"^([a-z]+?)(\d+(?:\.\d+)?(?:e-?\d+)?)$")
+
+
+def _format_float(x: float) -> str:
+    """Shortest text that parses back to exactly `x` ('0.2', not '0.20000000000000001')."""
+    short = f"{x:g}"
+    return short if float(short) == x else repr(x)
 
 
 def format_block(block: Block) -> str:
@@ -43,7 +49,7 @@ def format_arch(arch: Arch) -> str:
         head += f"_c{h.conv}_{TOKEN_OF_ACT[h.conv_act]}"
     if h.hidden is not None:
         head += f"_fc{h.hidden}_{TOKEN_OF_ACT[h.hidden_act]}"
-    head += f"_d{h.dropout:g}"
+    head += f"_d{_format_float(h.dropout)}"
     parts.append(head)
     return ",".join(parts)
 

@@ -151,30 +151,53 @@ class SearchSpace:
         if not all(isinstance(b, Bneck) for b in blocks):
             raise SpecError("the space holds bneck blocks only")
         result = self._encode_from(blocks, 0, 0, self.stem.out)
-        if isinstance(result, str):
-            raise SpecError(result)
+        if result is None:
+            raise SpecError(self._explain(blocks))
         return np.array(result, dtype=np.int64)
 
-    def _encode_from(self, blocks: tuple[Any, ...], stage: int, pos: int, cin: int) -> list[int] | str:
-        """Backtracking partition of `blocks[pos:]` into stages `stage...`; a reason string on failure."""
+    def _encode_from(self, blocks: tuple[Any, ...], stage: int, pos: int, cin: int) -> list[int] | None:
+        """Backtracking partition of `blocks[pos:]` into stages `stage...` (widths of adjacent stages can
+        coincide, so the split is not always the obvious one); None if there is none."""
         if stage == len(self.stages):
-            return [] if pos == len(blocks) else f"{len(blocks) - pos} blocks beyond the last stage"
+            return [] if pos == len(blocks) else None
         st = self.stages[stage]
-        reason = f"stage {stage}: no depth in {st.depths} fits block {pos}"
         for d_idx, depth in enumerate(st.depths):
             group = blocks[pos:pos + depth]
             if len(group) < depth:
                 continue
             vec = self._encode_stage(st, stage, group, cin, pos)
             if isinstance(vec, str):
-                reason = vec
                 continue
             rest = self._encode_from(blocks, stage + 1, pos + depth, group[-1].out)
-            if isinstance(rest, str):
-                reason = rest
-                continue
-            return [d_idx, *vec, *rest]
-        return reason
+            if rest is not None:
+                return [d_idx, *vec, *rest]
+        return None
+
+    def _explain(self, blocks: tuple[Any, ...]) -> str:
+        """Why `blocks` is not in the space, read against its natural residual groups (a new group at every
+        stride 2 or width change), which is how a user reads an architecture."""
+        groups: list[list[Bneck]] = []
+        starts: list[int] = []
+        cin = self.stem.out
+        for i, b in enumerate(blocks):
+            if not groups or b.stride != 1 or b.out != cin:
+                groups.append([])
+                starts.append(i)
+            groups[-1].append(b)
+            cin = b.out
+        if len(groups) != len(self.stages):
+            return f"{len(groups)} residual groups (a new one at every stride 2 or width change), the space has " \
+                   f"{len(self.stages)} stages"
+        cin = self.stem.out
+        for stage, (st, group, pos) in enumerate(zip(self.stages, groups, starts, strict=True)):
+            if len(group) not in st.depths:
+                return f"block {pos}: stage {stage} has {len(group)} blocks, allowed depths " \
+                       f"{'/'.join(map(str, st.depths))}"
+            vec = self._encode_stage(st, stage, tuple(group), cin, pos)
+            if isinstance(vec, str):
+                return vec
+            cin = group[-1].out
+        return "no split of the blocks into the space's stages fits"  # pragma: no cover - encode found none
 
     def _encode_stage(self, st: Stage, stage: int, group: tuple[Bneck, ...], cin: int,
                       pos: int) -> list[int] | str:
