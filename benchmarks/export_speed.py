@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import logging
 import statistics
 import sys
 import time
@@ -48,6 +49,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(1)
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # dynamo exporter: torchvision-op chatter
     space = ss.mobilenet_v3_large_space()
     configs = space.layer_configs(224)
     rng = np.random.default_rng(0)

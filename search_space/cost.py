@@ -65,43 +65,48 @@ def madds(arch: Arch, resolution: int | None = None) -> int:
     return count(arch, resolution)[1]
 
 
+_SE_WIDTH: dict[int, int] = {}
+
+
 def count(arch: Arch, resolution: int | None = None) -> tuple[int, int]:
-    """(params, madds) in one pass over the blocks (no per-layer objects: this is the hot path)."""
+    """(params, madds) in one pass over the blocks (no per-layer objects: this is the scalar hot path)."""
     size = arch.resolution if resolution is None else resolution
     stem = arch.stem
     kk = stem.kernel * stem.kernel
     cin = stem.out
-    stride = stem.stride
-    size = (size + stride - 1) // stride
+    size = (size + stem.stride - 1) // stem.stride
     n_params = 3 * cin * kk + 2 * cin
     n_madds = size * size * 3 * cin * kk
+    se_width = _SE_WIDTH
     for b in arch.blocks:
         out = b.out
-        kk = b.kernel * b.kernel
+        k = b.kernel
         in_area = size * size
-        if b.stride != 1:
-            size = (size + b.stride - 1) // b.stride
-        area = size * size
+        if b.stride != 1:  # strides are validated to be 1 or 2
+            size = (size + 1) // 2
         if type(b) is Bneck:
             e = b.expand
+            c = e * (k * k + out)  # depthwise + project weights; per output pixel MAdds
+            n_params += c + 2 * (e + out)
+            n_madds += size * size * c
             if e != cin:
                 n_params += (cin + 2) * e
                 n_madds += in_area * cin * e
-            n_params += e * (kk + 2 + out) + 2 * out
-            n_madds += area * e * (kk + out)
             if b.se:
-                sq = se_channels(e)
+                sq = se_width.get(e)
+                if sq is None:
+                    sq = se_width[e] = se_channels(e)
                 n_params += (2 * sq + 1) * e + sq
                 n_madds += 2 * e * sq
         else:
-            n_params += cin * (kk + 2 + out) + 2 * out
-            n_madds += area * cin * (kk + out)
+            c = cin * (k * k + out)
+            n_params += c + 2 * (cin + out)
+            n_madds += size * size * c
         cin = out
     head = arch.head
-    area = size * size
     if head.conv is not None:
         n_params += (cin + 2) * head.conv
-        n_madds += area * cin * head.conv
+        n_madds += size * size * cin * head.conv
         cin = head.conv
     if head.hidden is not None:
         n_params += (cin + 1) * head.hidden
@@ -110,7 +115,6 @@ def count(arch: Arch, resolution: int | None = None) -> tuple[int, int]:
     n_params += (cin + 1) * arch.num_classes
     n_madds += cin * arch.num_classes
     return n_params, n_madds
-
 
 
 def count_encoded(space: SearchSpace, encoded: np.ndarray,
