@@ -176,15 +176,7 @@ class SearchSpace:
     def _explain(self, blocks: tuple[Any, ...]) -> str:
         """Why `blocks` is not in the space, read against its natural residual groups (a new group at every
         stride 2 or width change), which is how a user reads an architecture."""
-        groups: list[list[Bneck]] = []
-        starts: list[int] = []
-        cin = self.stem.out
-        for i, b in enumerate(blocks):
-            if not groups or b.stride != 1 or b.out != cin:
-                groups.append([])
-                starts.append(i)
-            groups[-1].append(b)
-            cin = b.out
+        starts, groups = residual_groups(self.stem.out, blocks)
         if len(groups) != len(self.stages):
             return f"{len(groups)} residual groups (a new one at every stride 2 or width change), the space has " \
                    f"{len(self.stages)} stages"
@@ -368,6 +360,21 @@ class SearchSpace:
                             "acts": list(st.acts)} for st in self.stages]}
 
 
+def residual_groups(stem_out: int, blocks: Sequence[Any]) -> tuple[list[int], list[list[Any]]]:
+    """Split blocks into residual groups (a new group at every stride 2 or width change): the stages a
+    reader sees in a MobileNet table. Returns each group's first block index and the groups."""
+    starts: list[int] = []
+    groups: list[list[Any]] = []
+    cin = stem_out
+    for i, b in enumerate(blocks):
+        if not groups or b.stride != 1 or b.out != cin:
+            starts.append(i)
+            groups.append([])
+        groups[-1].append(b)
+        cin = b.out
+    return starts, groups
+
+
 class LayerTables:
     """Per-slot lookup tables of a per-layer quantity over a space (see `SearchSpace.tabulate`)."""
 
@@ -405,15 +412,9 @@ def space_around(name: str, seed: Arch, expand_ratios: Sequence[float], *,
                  depth_delta: int = 1, num_classes: int = 1000, resolution: int = 224) -> SearchSpace:
     """A space whose stages are the seed's residual groups (a new stage at every stride 2 or width change),
     with per-stage depth seed±`depth_delta`, width ratios, kernels, SE on/off and ReLU/h-swish."""
-    groups: list[list[Bneck]] = []
-    cin = seed.stem.out
-    for b in seed.blocks:
-        if not isinstance(b, Bneck):
-            raise SpecError("space_around needs a seed made of bneck blocks")
-        if not groups or b.stride != 1 or b.out != cin:
-            groups.append([])
-        groups[-1].append(b)
-        cin = b.out
+    if not all(isinstance(b, Bneck) for b in seed.blocks):
+        raise SpecError("space_around needs a seed made of bneck blocks")
+    _, groups = residual_groups(seed.stem.out, seed.blocks)
     stages = []
     for g in groups:
         n = len(g)
