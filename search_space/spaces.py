@@ -66,7 +66,8 @@ class SearchSpace:
     """A MnasNet-style space. Resolution and class count are run settings, not searched."""
 
     def __init__(self, name: str, stem: Stem, stages: Sequence[Stage], expand_ratios: Sequence[float],
-                 head: Head, num_classes: int = 1000, resolution: int = 224) -> None:
+                 head: Head, num_classes: int = 1000, resolution: int = 224, width_mult: float = 1.0,
+                 seed: Arch | None = None) -> None:
         if not stages:
             raise SpecError("a search space needs at least one stage")
         self.name = name
@@ -76,6 +77,8 @@ class SearchSpace:
         self.head = head
         self.num_classes = num_classes
         self.resolution = resolution
+        self.width_mult = width_mult
+        self.seed = seed  # the network the space was built around (contained exactly), if any
         decisions: list[Decision] = []
         for i, st in enumerate(self.stages):
             decisions += [Decision(f"s{i}.depth", st.depths, i), Decision(f"s{i}.width", st.width_ratios, i),
@@ -353,6 +356,7 @@ class SearchSpace:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "num_classes": self.num_classes, "resolution": self.resolution,
+                "width_mult": self.width_mult,
                 "log10_size": round(self.log10_size, 2), "num_decisions": self.num_decisions,
                 "expand_ratios": list(self.expand_ratios),
                 "stages": [{"base_out": st.base_out, "stride": st.stride, "depths": list(st.depths),
@@ -409,7 +413,8 @@ class LayerTables:
 
 def space_around(name: str, seed: Arch, expand_ratios: Sequence[float], *,
                  width_ratios: Sequence[float] = (0.75, 1.0, 1.25), kernels: Sequence[int] = (3, 5, 7),
-                 depth_delta: int = 1, num_classes: int = 1000, resolution: int = 224) -> SearchSpace:
+                 depth_delta: int = 1, num_classes: int = 1000, resolution: int = 224,
+                 width_mult: float = 1.0) -> SearchSpace:
     """A space whose stages are the seed's residual groups (a new stage at every stride 2 or width change),
     with per-stage depth seed±`depth_delta`, width ratios, kernels, SE on/off and ReLU/h-swish."""
     if not all(isinstance(b, Bneck) for b in seed.blocks):
@@ -422,7 +427,8 @@ def space_around(name: str, seed: Arch, expand_ratios: Sequence[float], *,
         stages.append(Stage(base_out=g[0].out, stride=g[0].stride, depths=depths,
                             width_ratios=tuple(width_ratios), kernels=tuple(kernels), se=(False, True),
                             acts=("relu", "hswish")))
-    return SearchSpace(name, seed.stem, stages, expand_ratios, seed.head, num_classes, resolution)
+    return SearchSpace(name, seed.stem, stages, expand_ratios, seed.head, num_classes, resolution, width_mult,
+                       seed.replace(num_classes=num_classes, resolution=resolution))
 
 
 # Expansion ratios: MnasNet's {3, 6}, 1 for the first stage, and the ratios MobileNetV3's NetAdapt step left
@@ -436,7 +442,7 @@ def mobilenet_v3_large_space(width_mult: float = 1.0, num_classes: int = 1000,
     """The MnasNet-style space around MobileNetV3-Large (contains it exactly)."""
     seed = mobilenet_v3_large(width_mult, resolution, num_classes)
     return space_around("mobilenet_v3_large_space", seed, V3_LARGE_RATIOS, num_classes=num_classes,
-                        resolution=resolution)
+                        resolution=resolution, width_mult=width_mult)
 
 
 def mobilenet_v3_small_space(width_mult: float = 1.0, num_classes: int = 1000,
@@ -444,7 +450,7 @@ def mobilenet_v3_small_space(width_mult: float = 1.0, num_classes: int = 1000,
     """The MnasNet-style space around MobileNetV3-Small (contains it exactly)."""
     seed = mobilenet_v3_small(width_mult, resolution, num_classes)
     return space_around("mobilenet_v3_small_space", seed, V3_SMALL_RATIOS, num_classes=num_classes,
-                        resolution=resolution)
+                        resolution=resolution, width_mult=width_mult)
 
 
 SPACES: dict[str, Callable[..., SearchSpace]] = {
