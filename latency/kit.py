@@ -91,7 +91,8 @@ def write_kit(out_dir: str | os.PathLike[str], space: SearchSpace, resolution: i
             raise ValueError(f"{key}: resolution {arch.resolution} != kit resolution {resolution}")
         rel = "reference.onnx" if key == "reference" else f"nets/{arch.arch_id}.onnx"
         entries.append({"key": key, "kind": "reference" if key == "reference" else "net", "file": rel,
-                        "arch": arch.to_string(), "input_shape": [1, 3, resolution, resolution]})
+                        "arch": arch.to_string(), "input_shape": [1, 3, resolution, resolution],
+                        "layers": [layer_key(c) for c in arch.layers()]})
         if key not in skip_keys and not (kit / rel).exists():
             jobs_nets.append((arch.to_string(), str(kit / rel)))
     total = len(configs) + len(nets)

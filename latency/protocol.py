@@ -29,6 +29,7 @@ import numpy as np
 PROTOCOL_NAME = "bneck-ort/1"
 REFERENCE_EVERY = 100
 CSV_FIELDS = ("key", "seq", "median_us", "p10_us", "p90_us", "runs", "attempts", "wall_time")
+CALIBRATION_FIELDS = ("round", "key", "whole_us", "layers_sum_us", "reference_us", "wall_time")
 
 
 @dataclass(frozen=True)
@@ -37,12 +38,13 @@ class Protocol:
 
     name: str = PROTOCOL_NAME
     warmup_runs: int = 5
-    warmup_s: float = 0.01
+    warmup_s: float = 0.005
     min_runs: int = 15
-    min_time_s: float = 0.04
+    min_time_s: float = 0.02
     max_runs: int = 2000
     max_rel_spread: float = 0.15  # (p90 - p10) / median above this: measure again
     attempts: int = 3
+    calibration_rounds: int = 3  # rounds of (whole net, then each of its layers) per calibration net
 
 
 @dataclass(frozen=True)
@@ -204,6 +206,59 @@ def run_kit(kit_dir: str | os.PathLike[str], out_csv: str | os.PathLike[str] | N
                 emit("reference", time_session(ref_sess, ref_feeds, protocol))
             if progress is not None:
                 progress(len(entries) - len(todo) + i + 1, len(entries), entry["key"])
+    calibrate_kit(kit, out.with_name("calibration.csv"), threads, provider, protocol)
+    return out
+
+
+def calibrate_kit(kit: Path, out: Path, threads: int, provider: str, protocol: Protocol) -> Path:
+    """Time each calibration net whole and then each of its layers, back to back, in a few rounds.
+
+    Layers timed alone run with hot caches, so their sum underestimates the whole network; how much is what
+    the table's calibration learns. Timing both at the same moment keeps host drift out of that relation.
+    Resumes by round: finished rounds in `out` are kept.
+    """
+    manifest = json.loads((kit / "manifest.json").read_text())
+    nets = [e for e in manifest["entries"] if e["kind"] == "net"]
+    if not nets:
+        return out
+    files = {e["key"]: e["file"] for e in manifest["entries"]}
+    done_rounds: set[str] = set()
+    if out.exists():
+        rows = done_rows(out)
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r["round"]] = counts.get(r["round"], 0) + 1
+        done_rounds = {k for k, v in counts.items() if v == len(nets)}
+        with open(out, "w", newline="") as f:
+            w = csv.DictWriter(f, CALIBRATION_FIELDS)
+            w.writeheader()
+            w.writerows({k: r[k] for k in CALIBRATION_FIELDS} for r in rows if r["round"] in done_rounds)
+    else:
+        with open(out, "w", newline="") as f:
+            csv.DictWriter(f, CALIBRATION_FIELDS).writeheader()
+    ref = session(kit / files["reference"], threads, provider)
+    ref_feeds = feeds_for(ref)
+    rng = np.random.default_rng(0)
+    with open(out, "a", newline="") as f:
+        writer = csv.DictWriter(f, CALIBRATION_FIELDS)
+        for rnd in range(protocol.calibration_rounds):
+            if str(rnd) in done_rounds:
+                continue
+            for i in rng.permutation(len(nets)):
+                net = nets[int(i)]
+                sess = session(kit / net["file"], threads, provider)
+                whole = time_session(sess, feeds_for(sess), protocol).median_us
+                del sess
+                total = 0.0
+                for key in net["layers"]:
+                    ls = session(kit / files[key], threads, provider)
+                    total += time_session(ls, feeds_for(ls), protocol).median_us
+                ref_us = time_session(ref, ref_feeds, protocol).median_us
+                writer.writerow({"round": rnd, "key": net["key"], "whole_us": f"{whole:.3f}",
+                                 "layers_sum_us": f"{total:.3f}", "reference_us": f"{ref_us:.3f}",
+                                 "wall_time": f"{time.time():.3f}"})
+                f.flush()
+                os.fsync(f.fileno())
     return out
 
 

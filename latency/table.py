@@ -23,7 +23,7 @@ import pandas as pd
 
 from latency.kit import layer_key
 from latency.protocol import fingerprint
-from search_space import Arch, LayerConfig, SearchSpace, get_space
+from search_space import Arch, LayerConfig, SearchSpace, get_space, layer_cost, params
 
 TABLE_FORMAT = "bneck-latency-table/1"
 _CFG_FIELDS = [f.name for f in fields(LayerConfig)]
@@ -41,39 +41,52 @@ def _drift_normalize(rows: list[dict[str, Any]]) -> tuple[dict[str, float], floa
     ref_seq = np.array([s for s, _ in refs], dtype=float)
     ref_us = np.array([u for _, u in refs], dtype=float)
     ref_median = float(np.median(ref_us))
+    # one reference timing is noisy (±10% here); drift is slow: smooth with a rolling median of 5
+    smooth = np.array([np.median(ref_us[max(0, i - 2):i + 3]) for i in range(len(ref_us))])
     normalized: dict[str, float] = {}
     for r in rows:
         if r["key"] == "reference":
             continue
-        local = float(np.interp(int(r["seq"]), ref_seq, ref_us))
+        local = float(np.interp(int(r["seq"]), ref_seq, smooth))
         normalized[r["key"]] = float(r["median_us"]) * ref_median / local
     return normalized, ref_median, ref_us.tolist()
 
 
-def fit_calibration(sums_us: np.ndarray, layers: np.ndarray, whole_us: np.ndarray) -> dict[str, Any]:
-    """Least squares `whole ≈ a·sum + b·layers` (b ≥ 0, else `a·sum`), with leave-one-out error."""
+FEATURES = ("sum_us", "layers", "mparams")
+CANDIDATE_MODELS: tuple[tuple[str, ...], ...] = (
+    ("sum_us",), ("sum_us", "layers"), ("sum_us", "mparams"), ("sum_us", "layers", "mparams"))
 
-    def solve(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        coef, *_ = np.linalg.lstsq(x, y, rcond=None)
-        if coef.shape[0] == 2 and coef[1] < 0:
-            a = float(np.dot(x[:, 0], y) / np.dot(x[:, 0], x[:, 0]))
-            return np.array([a, 0.0])
-        return coef
 
-    x = np.column_stack([sums_us, layers]).astype(float)
-    y = whole_us.astype(float)
-    coef = solve(x, y)
+def fit_calibration(features: dict[str, np.ndarray], whole_us: np.ndarray) -> dict[str, Any]:
+    """Non-negative least squares `whole ≈ Σ coef·feature`, the feature set chosen by leave-one-out error.
+
+    Features: the hot-cache layer sum, the number of layers (per-layer transition cost) and the parameter
+    count in millions (weights that must come back from memory when the network runs whole).
+    """
+    from scipy.optimize import nnls
+
+    y = np.asarray(whole_us, dtype=float)
+
+    def loo(cols: tuple[str, ...]) -> float:
+        x = np.column_stack([features[c] for c in cols]).astype(float)
+        errs = []
+        for i in range(len(y)):
+            mask = np.arange(len(y)) != i
+            coef, _ = nnls(x[mask], y[mask])
+            errs.append(abs(float(x[i] @ coef) - y[i]) / y[i])
+        return float(np.mean(errs))
+
+    scores = {cols: loo(cols) for cols in CANDIDATE_MODELS if len(y) > len(cols) + 1}
+    best = min(scores, key=lambda c: scores[c])
+    x = np.column_stack([features[c] for c in best]).astype(float)
+    coef, _ = nnls(x, y)
     pred = x @ coef
-    loo = []
-    for i in range(len(y)):
-        mask = np.arange(len(y)) != i
-        if mask.sum() >= 2:
-            loo.append(abs(float(x[i] @ solve(x[mask], y[mask])) - y[i]) / y[i])
-    raw_err = np.abs(sums_us - y) / y
-    return {"model": "a*sum_us + b*layers", "a": float(coef[0]), "b_us": float(coef[1]), "n_nets": len(y),
-            "fit_mape": float(np.mean(np.abs(pred - y) / y)), "loo_mape": float(np.mean(loo)) if loo else None,
-            "uncorrected_mape": float(np.mean(raw_err)),
-            "uncorrected_bias": float(np.mean((sums_us - y) / y))}
+    sums = np.asarray(features["sum_us"], dtype=float)
+    return {"features": list(best), "coef": [float(c) for c in coef], "n_nets": len(y),
+            "fit_mape": float(np.mean(np.abs(pred - y) / y)), "loo_mape": scores[best],
+            "loo_mape_by_model": {"+".join(k): v for k, v in scores.items()},
+            "uncorrected_mape": float(np.mean(np.abs(sums - y) / y)),
+            "uncorrected_bias": float(np.mean((sums - y) / y))}
 
 
 class LatencyTable:
@@ -143,14 +156,16 @@ class LatencyTable:
             raise LatencyError(self._missing_message(missing))
         return math.fsum(self._us[layer_key(c)] for c in layers)
 
-    def calibrate(self, sum_us: Any, n_layers: Any) -> Any:
+    def calibrate(self, sum_us: Any, n_layers: Any, mparams: Any) -> Any:
+        """Whole-network latency from the layer sum and the calibration's other features."""
         c = self.calibration
-        return c["a"] * sum_us + c["b_us"] * n_layers
+        values = {"sum_us": sum_us, "layers": n_layers, "mparams": mparams}
+        return sum(coef * values[f] for f, coef in zip(c["features"], c["coef"], strict=True))
 
     def predict_us(self, arch: Arch, threads: int | None = None) -> float:
         """Predicted whole-network latency in µs on the table's device, in the table's host state."""
         self.check(arch, threads)
-        return float(self.calibrate(self.block_sum_us(arch), len(arch.blocks) + 2))
+        return float(self.calibrate(self.block_sum_us(arch), len(arch.blocks) + 2, params(arch) / 1e6))
 
     def predict_ms(self, arch: Arch, threads: int | None = None) -> float:
         return self.predict_us(arch, threads) / 1e3
@@ -158,12 +173,12 @@ class LatencyTable:
     def predict_ms_batch(self, encoded: np.ndarray) -> np.ndarray:
         """Predicted latency (ms) of many encoded architectures of the table's space (numpy only)."""
         if self._tables is None:
-            def fn(cfg: LayerConfig) -> tuple[float, float]:
-                return self._us.get(layer_key(cfg), math.nan), 1.0
+            def fn(cfg: LayerConfig) -> tuple[float, float, float]:
+                return self._us.get(layer_key(cfg), math.nan), 1.0, layer_cost(cfg)[0] / 1e6
 
             self._tables = self.space.tabulate(fn)
         totals = self._tables.total(encoded)
-        out = self.calibrate(totals[:, 0], totals[:, 1]) / 1e3
+        out = self.calibrate(totals[:, 0], totals[:, 1], totals[:, 2]) / 1e3
         if np.isnan(out).any():
             bad = int(np.flatnonzero(np.isnan(out))[0])
             arch = self.space.decode(np.asarray(encoded).reshape(len(out), -1)[bad])
@@ -257,13 +272,31 @@ class LatencyTable:
             "reference": {"arch": by_key["reference"]["arch"], "median_us": ref_median, "all_us": ref_all},
             "created": rows[-1]["wall_time"] if rows else None,
         }
-        table = cls(entries, {**meta, "calibration": {"model": "a*sum_us + b*layers", "a": 1.0, "b_us": 0.0}})
-        nets = [(e, Arch.parse(e["arch"])) for e in by_key.values() if e["kind"] == "net"]
-        if len(nets) >= 3:
-            sums = np.array([table.block_sum_us(a) for _, a in nets])
-            layers = np.array([len(a.blocks) + 2 for _, a in nets])
-            whole = np.array([normalized[e["key"]] for e, _ in nets])
-            table.meta["calibration"] = fit_calibration(sums, layers, whole)
-            table.meta["calibration"]["nets"] = [{"arch_id": a.arch_id, "sum_us": float(s), "whole_us": float(w)}
-                                                 for (_, a), s, w in zip(nets, sums, whole, strict=True)]
+        table = cls(entries, {**meta, "calibration": {"features": ["sum_us"], "coef": [1.0], "n_nets": 0}})
+        cal_path = res.with_name("calibration.csv")
+        if cal_path.is_file():
+            table.meta["calibration"] = _calibration_from_csv(cal_path, by_key, ref_median)
         return table
+
+
+def _calibration_from_csv(path: Path, by_key: dict[str, Any], ref_median: float) -> dict[str, Any]:
+    """Fit the calibration on rounds of (whole net, its layers) timed back to back, each round scaled to
+    the table's reference latency by the reference timed with it."""
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("wall_time")]
+    per_net: dict[str, list[tuple[float, float]]] = {}
+    for r in rows:
+        scale = ref_median / float(r["reference_us"])
+        per_net.setdefault(r["key"], []).append((float(r["whole_us"]) * scale, float(r["layers_sum_us"]) * scale))
+    keys = sorted(per_net)
+    if len(keys) < 4:
+        return {"features": ["sum_us"], "coef": [1.0], "n_nets": len(keys)}
+    archs = [Arch.parse(by_key[k]["arch"]) for k in keys]
+    whole = np.array([np.median([w for w, _ in per_net[k]]) for k in keys])
+    sums = np.array([np.median([s for _, s in per_net[k]]) for k in keys])
+    feats = {"sum_us": sums, "layers": np.array([len(a.blocks) + 2 for a in archs], dtype=float),
+             "mparams": np.array([params(a) / 1e6 for a in archs])}
+    cal = fit_calibration(feats, whole)
+    cal["nets"] = [{"arch_id": a.arch_id, "sum_us": float(s), "whole_us": float(w),
+                    "rounds": len(per_net[k])} for k, a, s, w in zip(keys, archs, sums, whole, strict=True)]
+    return cal
