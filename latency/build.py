@@ -86,41 +86,20 @@ def build_table(space: SearchSpace, resolution: int | None = None, threads: int 
     if partial and not resume:
         raise LatencyError(f"an interrupted build exists at {kit}: pass --resume to finish it "
                            "(or --force to start over)")
-    if space.seed is None:
-        raise LatencyError(f"space {space.name} has no seed network to use as the reference")
     for a in add:
         if a.resolution != res:
             raise LatencyError(f"--add spec {a.arch_id}: resolution {a.resolution} != table resolution {res}")
-    rng = np.random.default_rng(seed)
-    calibration = [space.seed, *[space.sample(rng) for _ in range(n_calibration)]]
-    layers = {layer_key(c): c for c in space.layer_configs(res)}
-    manifest_path = kit / "manifest.json"
-    if manifest_path.exists():  # keep earlier --add layers
-        for e in json.loads(manifest_path.read_text())["entries"]:
-            if e["kind"] == "layer" and e["key"] not in layers:
-                layers[e["key"]] = LayerConfig(**e["config"])
-    for a in add:
-        for c in a.layers():
-            layers.setdefault(layer_key(c), c)
     measured = _measured_keys(kit)
+    make_kit(kit, space, res, threads, add, n_calibration, seed, protocol, workers, show_progress, measured)
     if show_progress:
-        with _rich_progress("exporting graphs ") as prog:
-            task = prog.add_task("export", total=1)
-
-            def on_export(done: int, total: int) -> None:
-                prog.update(task, completed=done, total=total)
-
-            write_kit(kit, space, res, space.seed, calibration, threads, list(layers.values()), protocol, workers,
-                      on_export, skip_keys=measured)
-    else:
-        write_kit(kit, space, res, space.seed, calibration, threads, list(layers.values()), protocol, workers,
-                  skip_keys=measured)
-    if show_progress:
-        with _rich_progress("measuring        ") as prog:
-            task = prog.add_task("measure", total=len(layers) + len(calibration))
+        with _rich_progress("{task.description}") as prog:
+            tasks: dict[str, Any] = {}
 
             def on_measure(done: int, total: int, key: str) -> None:
-                prog.update(task, completed=done, total=total)
+                phase = "calibrating" if key == "calibration" else "measuring  "
+                if phase not in tasks:
+                    tasks[phase] = prog.add_task(phase, total=total)
+                prog.update(tasks[phase], completed=done, total=total)
 
             run_kit(kit, None, threads, provider, on_measure)
     else:
@@ -132,6 +111,37 @@ def build_table(space: SearchSpace, resolution: int | None = None, threads: int 
             shutil.rmtree(kit / sub, ignore_errors=True)
         (kit / "reference.onnx").unlink(missing_ok=True)
     return table, path
+
+
+def make_kit(kit: Path, space: SearchSpace, resolution: int, threads: int = 1, add: Sequence[Arch] = (),
+             n_calibration: int = 24, seed: int = 0, protocol: Protocol | None = None, workers: int = 2,
+             show_progress: bool = True, skip_keys: set[str] | frozenset[str] = frozenset()) -> Path:
+    """Write the kit for `space` at `resolution`: its layer configs, `add`'s layers, the seed network as
+    reference and `n_calibration` sampled networks (seeded) for the whole-network calibration."""
+    if space.seed is None:
+        raise LatencyError(f"space {space.name} has no seed network to use as the reference")
+    rng = np.random.default_rng(seed)
+    calibration = [space.seed, *[space.sample(rng) for _ in range(n_calibration)]]
+    layers = {layer_key(c): c for c in space.layer_configs(resolution)}
+    manifest_path = kit / "manifest.json"
+    if manifest_path.exists():  # keep layers an earlier --add brought in
+        for e in json.loads(manifest_path.read_text())["entries"]:
+            if e["kind"] == "layer" and e["key"] not in layers:
+                layers[e["key"]] = LayerConfig(**e["config"])
+    for a in add:
+        for c in a.layers():
+            layers.setdefault(layer_key(c), c)
+    if not show_progress:
+        return write_kit(kit, space, resolution, space.seed, calibration, threads, list(layers.values()), protocol,
+                         workers, skip_keys=skip_keys)
+    with _rich_progress("exporting graphs") as prog:
+        task = prog.add_task("export", total=1)
+
+        def on_export(done: int, total: int) -> None:
+            prog.update(task, completed=done, total=total)
+
+        return write_kit(kit, space, resolution, space.seed, calibration, threads, list(layers.values()), protocol,
+                         workers, on_export, skip_keys=skip_keys)
 
 
 def _measured_keys(kit: Path) -> set[str]:

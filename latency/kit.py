@@ -93,7 +93,7 @@ def write_kit(out_dir: str | os.PathLike[str], space: SearchSpace, resolution: i
         entries.append({"key": key, "kind": "reference" if key == "reference" else "net", "file": rel,
                         "arch": arch.to_string(), "input_shape": [1, 3, resolution, resolution],
                         "layers": [layer_key(c) for c in arch.layers()]})
-        if key not in skip_keys and not (kit / rel).exists():
+        if not (kit / rel).exists():  # nets are cheap and needed by every calibration round
             jobs_nets.append((arch.to_string(), str(kit / rel)))
     total = len(configs) + len(nets)
     done = total - len(jobs_layers) - len(jobs_nets)

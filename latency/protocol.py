@@ -29,7 +29,7 @@ import numpy as np
 PROTOCOL_NAME = "bneck-ort/1"
 REFERENCE_EVERY = 100
 CSV_FIELDS = ("key", "seq", "median_us", "p10_us", "p90_us", "runs", "attempts", "wall_time")
-CALIBRATION_FIELDS = ("round", "key", "whole_us", "layers_sum_us", "reference_us", "wall_time")
+CALIBRATION_FIELDS = ("round", "key", "whole_us", "reference_us", "wall_time")
 
 
 @dataclass(frozen=True)
@@ -173,7 +173,7 @@ def run_kit(kit_dir: str | os.PathLike[str], out_csv: str | os.PathLike[str] | N
             w.writerows({k: r[k] for k in CSV_FIELDS} for r in rows)
     done = {r["key"] for r in rows if r["key"] != "reference"}
     seq = len(rows)
-    entries = [e for e in manifest["entries"] if e["key"] != "reference"]
+    entries = [e for e in manifest["entries"] if e["kind"] == "layer"]
     todo = [e for e in entries if e["key"] not in done]
     ref = next(e for e in manifest["entries"] if e["key"] == "reference")
     ref_sess = session(kit / ref["file"], threads, provider)
@@ -206,59 +206,70 @@ def run_kit(kit_dir: str | os.PathLike[str], out_csv: str | os.PathLike[str] | N
                 emit("reference", time_session(ref_sess, ref_feeds, protocol))
             if progress is not None:
                 progress(len(entries) - len(todo) + i + 1, len(entries), entry["key"])
-    calibrate_kit(kit, out.with_name("calibration.csv"), threads, provider, protocol)
+    calibrate_kit(kit, out.with_name("calibration.csv"), threads, provider, protocol, progress)
     return out
 
 
-def calibrate_kit(kit: Path, out: Path, threads: int, provider: str, protocol: Protocol) -> Path:
-    """Time each calibration net whole and then each of its layers, back to back, in a few rounds.
+def time_interleaved(sessions: list[Any], reference: Any, rounds: int, protocol: Protocol, seed: int = 0,
+                     on_timing: Any = None) -> None:
+    """Time warm sessions against the reference, A R B R C R ..., in `rounds` shuffled rounds.
 
-    Layers timed alone run with hot caches, so their sum underestimates the whole network; how much is what
-    the table's calibration learns. Timing both at the same moment keeps host drift out of that relation.
-    Resumes by round: finished rounds in `out` are kept.
+    This is how whole networks are measured everywhere a table is fitted or checked (calibration,
+    validation): each timing has a reference timing next to it, so host drift divides out.
+    `on_timing(round, index, median_us, reference_us)` receives every pair.
+    """
+    feeds = [feeds_for(s) for s in sessions]
+    ref_feeds = feeds_for(reference)
+    rng = np.random.default_rng(seed)
+    for rnd in range(rounds):
+        for i in rng.permutation(len(sessions)):
+            t = time_session(sessions[int(i)], feeds[int(i)], protocol).median_us
+            r = time_session(reference, ref_feeds, protocol).median_us
+            on_timing(rnd, int(i), t, r)
+
+
+def calibrate_kit(kit: Path, out: Path, threads: int, provider: str, protocol: Protocol,
+                  progress: Any = None) -> Path:
+    """Time the kit's calibration networks whole, interleaved with the reference (`time_interleaved`).
+
+    Layers timed alone misestimate a whole network (hot caches, per-graph overhead); the importer fits the
+    table's layer sums to these timings. Resumes by round: finished rounds in `out` are kept.
     """
     manifest = json.loads((kit / "manifest.json").read_text())
     nets = [e for e in manifest["entries"] if e["kind"] == "net"]
     if not nets:
         return out
-    files = {e["key"]: e["file"] for e in manifest["entries"]}
-    done_rounds: set[str] = set()
-    if out.exists():
-        rows = done_rows(out)
-        counts: dict[str, int] = {}
-        for r in rows:
-            counts[r["round"]] = counts.get(r["round"], 0) + 1
-        done_rounds = {k for k, v in counts.items() if v == len(nets)}
-        with open(out, "w", newline="") as f:
-            w = csv.DictWriter(f, CALIBRATION_FIELDS)
-            w.writeheader()
-            w.writerows({k: r[k] for k in CALIBRATION_FIELDS} for r in rows if r["round"] in done_rounds)
-    else:
-        with open(out, "w", newline="") as f:
-            csv.DictWriter(f, CALIBRATION_FIELDS).writeheader()
-    ref = session(kit / files["reference"], threads, provider)
-    ref_feeds = feeds_for(ref)
-    rng = np.random.default_rng(0)
+    ref_entry = next(e for e in manifest["entries"] if e["key"] == "reference")
+    rows = done_rows(out) if out.exists() else []
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["round"]] = counts.get(r["round"], 0) + 1
+    done_rounds = {k for k, v in counts.items() if v == len(nets)}
+    with open(out, "w", newline="") as f:
+        w = csv.DictWriter(f, CALIBRATION_FIELDS)
+        w.writeheader()
+        w.writerows({k: r[k] for k in CALIBRATION_FIELDS} for r in rows if r["round"] in done_rounds)
+    todo_rounds = [r for r in range(protocol.calibration_rounds) if str(r) not in done_rounds]
+    if not todo_rounds:
+        return out
+    sessions = [session(kit / e["file"], threads, provider) for e in nets]
+    ref = session(kit / ref_entry["file"], threads, provider)
+    total = protocol.calibration_rounds * len(nets)
+    done = len(done_rounds) * len(nets)
     with open(out, "a", newline="") as f:
         writer = csv.DictWriter(f, CALIBRATION_FIELDS)
-        for rnd in range(protocol.calibration_rounds):
-            if str(rnd) in done_rounds:
-                continue
-            for i in rng.permutation(len(nets)):
-                net = nets[int(i)]
-                sess = session(kit / net["file"], threads, provider)
-                whole = time_session(sess, feeds_for(sess), protocol).median_us
-                del sess
-                total = 0.0
-                for key in net["layers"]:
-                    ls = session(kit / files[key], threads, provider)
-                    total += time_session(ls, feeds_for(ls), protocol).median_us
-                ref_us = time_session(ref, ref_feeds, protocol).median_us
-                writer.writerow({"round": rnd, "key": net["key"], "whole_us": f"{whole:.3f}",
-                                 "layers_sum_us": f"{total:.3f}", "reference_us": f"{ref_us:.3f}",
-                                 "wall_time": f"{time.time():.3f}"})
-                f.flush()
-                os.fsync(f.fileno())
+
+        def record(rnd: int, i: int, t: float, r: float) -> None:
+            nonlocal done
+            writer.writerow({"round": todo_rounds[rnd], "key": nets[i]["key"], "whole_us": f"{t:.3f}",
+                             "reference_us": f"{r:.3f}", "wall_time": f"{time.time():.3f}"})
+            f.flush()
+            os.fsync(f.fileno())
+            done += 1
+            if progress is not None:
+                progress(done, total, "calibration")
+
+        time_interleaved(sessions, ref, len(todo_rounds), protocol, seed=len(done_rounds), on_timing=record)
     return out
 
 

@@ -23,7 +23,7 @@ import pandas as pd
 
 from latency.kit import layer_key
 from latency.protocol import fingerprint
-from search_space import Arch, LayerConfig, SearchSpace, get_space, layer_cost, params
+from search_space import Arch, LayerConfig, SearchSpace, layer_cost, params
 
 TABLE_FORMAT = "bneck-latency-table/1"
 _CFG_FIELDS = [f.name for f in fields(LayerConfig)]
@@ -41,8 +41,9 @@ def _drift_normalize(rows: list[dict[str, Any]]) -> tuple[dict[str, float], floa
     ref_seq = np.array([s for s, _ in refs], dtype=float)
     ref_us = np.array([u for _, u in refs], dtype=float)
     ref_median = float(np.median(ref_us))
-    # one reference timing is noisy (±10% here); drift is slow: smooth with a rolling median of 5
-    smooth = np.array([np.median(ref_us[max(0, i - 2):i + 3]) for i in range(len(ref_us))])
+    # one reference timing can spike (+15% seen here); a rolling median of 3 drops lone spikes but still
+    # follows a real step in host speed within one reference timing
+    smooth = np.array([np.median(ref_us[max(0, i - 1):i + 2]) for i in range(len(ref_us))])
     normalized: dict[str, float] = {}
     for r in rows:
         if r["key"] == "reference":
@@ -119,8 +120,7 @@ class LatencyTable:
     @property
     def space(self) -> SearchSpace:
         if self._space is None:
-            s = self.meta["space"]
-            self._space = get_space(s["name"], s["width_mult"], s["num_classes"], self.resolution)
+            self._space = SearchSpace.from_dict({**self.meta["space"]["definition"], "resolution": self.resolution})
         return self._space
 
     def __len__(self) -> int:
@@ -247,9 +247,10 @@ class LatencyTable:
         device = json.loads(device_path.read_text()) if device_path.is_file() else {}
         by_key = {e["key"]: e for e in manifest["entries"]}
         measured = {r["key"] for r in rows}
-        missing = [k for k in by_key if k not in measured]
+        missing = [k for k, e in by_key.items() if e["kind"] == "layer" and k not in measured]
+        n_layers = sum(e["kind"] == "layer" for e in by_key.values())
         if missing:
-            raise LatencyError(f"{len(missing)} of {len(by_key)} kit entries are not measured yet "
+            raise LatencyError(f"{len(missing)} of {n_layers} kit entries are not measured yet "
                                f"(first: {missing[0]}): run the kit's measure.py again to finish")
         normalized, ref_median, ref_all = _drift_normalize(rows)
         raw = {r["key"]: r for r in rows if r["key"] != "reference"}
@@ -266,7 +267,7 @@ class LatencyTable:
         meta: dict[str, Any] = {
             "format": TABLE_FORMAT,
             "space": {"name": manifest["space"], "width_mult": space_info.get("width_mult", 1.0),
-                      "num_classes": space_info["num_classes"]},
+                      "num_classes": space_info["num_classes"], "definition": space_info},
             "resolution": manifest["resolution"], "threads": manifest["threads"],
             "fingerprint": device.get("fingerprint", {}), "protocol": device.get("protocol", manifest["protocol"]),
             "reference": {"arch": by_key["reference"]["arch"], "median_us": ref_median, "all_us": ref_all},
@@ -275,28 +276,28 @@ class LatencyTable:
         table = cls(entries, {**meta, "calibration": {"features": ["sum_us"], "coef": [1.0], "n_nets": 0}})
         cal_path = res.with_name("calibration.csv")
         if cal_path.is_file():
-            table.meta["calibration"] = _calibration_from_csv(cal_path, by_key, ref_median)
+            table.meta["calibration"] = _calibration_from_csv(cal_path, by_key, ref_median, table)
         return table
 
 
-def _calibration_from_csv(path: Path, by_key: dict[str, Any], ref_median: float) -> dict[str, Any]:
-    """Fit the calibration on rounds of (whole net, its layers) timed back to back, each round scaled to
-    the table's reference latency by the reference timed with it."""
+def _calibration_from_csv(path: Path, by_key: dict[str, Any], ref_median: float,
+                          table: LatencyTable) -> dict[str, Any]:
+    """Fit the calibration: the table's layer sums against whole networks timed next to the reference
+    (each timing scaled to the table's reference latency by the reference timed with it)."""
     with open(path, newline="") as f:
         rows = [r for r in csv.DictReader(f) if r.get("wall_time")]
-    per_net: dict[str, list[tuple[float, float]]] = {}
+    per_net: dict[str, list[float]] = {}
     for r in rows:
-        scale = ref_median / float(r["reference_us"])
-        per_net.setdefault(r["key"], []).append((float(r["whole_us"]) * scale, float(r["layers_sum_us"]) * scale))
+        per_net.setdefault(r["key"], []).append(float(r["whole_us"]) * ref_median / float(r["reference_us"]))
     keys = sorted(per_net)
     if len(keys) < 4:
         return {"features": ["sum_us"], "coef": [1.0], "n_nets": len(keys)}
     archs = [Arch.parse(by_key[k]["arch"]) for k in keys]
-    whole = np.array([np.median([w for w, _ in per_net[k]]) for k in keys])
-    sums = np.array([np.median([s for _, s in per_net[k]]) for k in keys])
+    whole = np.array([np.median(per_net[k]) for k in keys])
+    sums = np.array([table.block_sum_us(a) for a in archs])
     feats = {"sum_us": sums, "layers": np.array([len(a.blocks) + 2 for a in archs], dtype=float),
              "mparams": np.array([params(a) / 1e6 for a in archs])}
     cal = fit_calibration(feats, whole)
-    cal["nets"] = [{"arch_id": a.arch_id, "sum_us": float(s), "whole_us": float(w),
-                    "rounds": len(per_net[k])} for k, a, s, w in zip(keys, archs, sums, whole, strict=True)]
+    cal["nets"] = [{"arch_id": a.arch_id, "sum_us": float(s), "whole_us": float(w), "rounds": len(per_net[k])}
+                   for k, a, s, w in zip(keys, archs, sums, whole, strict=True)]
     return cal

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from latency.protocol import Protocol, feeds_for, session, time_session
+from latency.protocol import Protocol, session, time_interleaved
 from latency.table import LatencyTable
 from search_space import Arch, build_model, onnx_bytes
 
@@ -57,21 +57,16 @@ def validate(table: LatencyTable, n: int = 50, seed: int = 1, rounds: int = 3, a
     res = table.resolution
     ref = session(onnx_bytes(build_model(Arch.parse(table.meta["reference"]["arch"])), (1, 3, res, res)), threads,
                   provider)
-    ref_feeds = feeds_for(ref)
     sessions = [session(onnx_bytes(build_model(a), (1, 3, res, res)), threads, provider) for a in chosen]
-    feeds = [feeds_for(s) for s in sessions]
     scaled: list[list[float]] = [[] for _ in chosen]
-    order_rng = np.random.default_rng(seed + 1)
     total = rounds * len(chosen)
-    done = 0
-    for _ in range(rounds):
-        for i in order_rng.permutation(len(chosen)):
-            t = time_session(sessions[i], feeds[i], protocol).median_us
-            r = time_session(ref, ref_feeds, protocol).median_us
-            scaled[i].append(t * table.reference_us / r)
-            done += 1
-            if progress:
-                progress(done, total)
+
+    def record(rnd: int, i: int, t: float, r: float) -> None:
+        scaled[i].append(t * table.reference_us / r)
+        if progress:
+            progress(sum(map(len, scaled)), total)
+
+    time_interleaved(sessions, ref, rounds, protocol, seed=seed + 1, on_timing=record)
     measured = np.array([np.median(v) for v in scaled])
     predicted = np.array([table.predict_us(a) for a in chosen])
     uncorrected = np.array([table.block_sum_us(a) for a in chosen])

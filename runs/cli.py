@@ -9,20 +9,15 @@ from typing import Any
 
 import click
 import numpy as np
-from rich.console import Console
 from rich.table import Table
 
 import search_space as ss
+from runs.errors import UserError
+from runs.errors import console_err as _err
+from runs.errors import console_out as _out
+from runs.latency_cli import latency_group
 
 RUNS_DIR = Path("bneck_runs")
-_err = Console(stderr=True)
-_out = Console()
-
-
-class UserError(click.ClickException):
-    """A usage error with exit code 2 (bad value, missing file, ...)."""
-
-    exit_code = 2
 
 
 def _fail(exc: Exception) -> UserError:
@@ -33,6 +28,9 @@ def _fail(exc: Exception) -> UserError:
 @click.version_option(package_name="bneck")
 def cli() -> None:
     """bneck: platform-aware NAS over MobileNet bneck blocks."""
+
+
+cli.add_command(latency_group)
 
 
 # ---- bneck space ------------------------------------------------------------------------------------

@@ -355,13 +355,30 @@ class SearchSpace:
         return LayerTables(self, stem, first, rest, head)
 
     def to_dict(self) -> dict[str, Any]:
+        """Everything needed to rebuild the space (`from_dict`), plus its size for people reading it."""
         return {"name": self.name, "num_classes": self.num_classes, "resolution": self.resolution,
-                "width_mult": self.width_mult,
-                "log10_size": round(self.log10_size, 2), "num_decisions": self.num_decisions,
-                "expand_ratios": list(self.expand_ratios),
+                "width_mult": self.width_mult, "log10_size": round(self.log10_size, 2),
+                "num_decisions": self.num_decisions, "expand_ratios": list(self.expand_ratios),
+                "stem": {"out": self.stem.out, "kernel": self.stem.kernel,
+                         "stride": self.stem.stride, "act": self.stem.act},
+                "head": {"conv": self.head.conv, "conv_act": self.head.conv_act, "hidden": self.head.hidden,
+                         "hidden_act": self.head.hidden_act, "dropout": self.head.dropout},
+                "seed": self.seed.to_string() if self.seed is not None else None,
                 "stages": [{"base_out": st.base_out, "stride": st.stride, "depths": list(st.depths),
-                            "widths": list(st.widths), "kernels": list(st.kernels), "se": list(st.se),
-                            "acts": list(st.acts)} for st in self.stages]}
+                            "width_ratios": list(st.width_ratios), "widths": list(st.widths),
+                            "kernels": list(st.kernels), "se": list(st.se), "acts": list(st.acts)}
+                           for st in self.stages]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SearchSpace:
+        try:
+            stages = [Stage(base_out=st["base_out"], stride=st["stride"], depths=tuple(st["depths"]),
+                            width_ratios=tuple(st["width_ratios"]), kernels=tuple(st["kernels"]), se=tuple(st["se"]),
+                            acts=tuple(st["acts"])) for st in d["stages"]]
+            return cls(d["name"], Stem(**d["stem"]), stages, d["expand_ratios"], Head(**d["head"]), d["num_classes"],
+                       d["resolution"], d.get("width_mult", 1.0), Arch.parse(d["seed"]) if d.get("seed") else None)
+        except (KeyError, TypeError) as exc:
+            raise SpecError(f"not a search space definition (missing or bad {exc})") from None
 
 
 def residual_groups(stem_out: int, blocks: Sequence[Any]) -> tuple[list[int], list[list[Any]]]:

@@ -1,0 +1,225 @@
+"""`bneck latency ...`: build, inspect, use and check latency tables."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import click
+
+import latency as lat
+import search_space as ss
+from runs.errors import UserError, console_err, console_out
+
+
+def _provider(value: str) -> str:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if value not in available:
+        raise UserError(f"--provider {value!r} not available here (available: {', '.join(available)})")
+    return value
+
+
+def _load_table(path: Path) -> lat.LatencyTable:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            table = lat.LatencyTable.load(path)
+        except lat.LatencyError as exc:
+            raise UserError(str(exc)) from None
+    for w in caught:
+        console_err.print(f"[yellow]warning:[/] {w.message}", highlight=False)
+    return table
+
+
+def _space(name: str, width_mult: float, num_classes: int, resolution: int) -> ss.SearchSpace:
+    try:
+        return ss.get_space(name, width_mult, num_classes, resolution)
+    except ss.SpecError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _archs(specs: tuple[str, ...], resolution: int, num_classes: int | None = None) -> list[tuple[str, ss.Arch]]:
+    out = []
+    for text in specs:
+        try:
+            preset = text in ss.PRESETS  # presets take the table's resolution and classes; specs are exact
+            arch = ss.load_arch(text, None, resolution, num_classes) if preset else ss.load_arch(text)
+        except ss.SpecError as exc:
+            raise UserError(str(exc)) from None
+        out.append((text, arch))
+    return out
+
+
+@click.group("latency")
+def latency_group() -> None:
+    """Latency lookup tables measured with onnxruntime on this device."""
+
+
+space_opt = click.option("--space", "space_name", default="mobilenet_v3_small_space", show_default=True,
+                         help="Search space whose layer configurations the table covers.")
+res_opt = click.option("--resolution", type=click.IntRange(32, 2048), default=224, show_default=True)
+threads_opt = click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+                           help="onnxruntime intra-op threads.")
+provider_opt = click.option("--provider", default="CPUExecutionProvider", show_default=True,
+                            help="onnxruntime execution provider.")
+
+
+@latency_group.command("build")
+@space_opt
+@res_opt
+@threads_opt
+@provider_opt
+@click.option("--num-classes", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--width-mult", type=float, default=1.0, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Table file (default: the per-device cache, ~/.cache/bneck/latency/).")
+@click.option("--resume", is_flag=True, help="Finish an interrupted build without re-measuring rows.")
+@click.option("--force", is_flag=True, help="Discard an existing table or partial build and start over.")
+@click.option("--add", "add", multiple=True, metavar="SPEC", help="Also measure this architecture's layers.")
+@click.option("--calibration-nets", type=click.IntRange(min=3), default=24, show_default=True,
+              help="Whole networks timed to calibrate the layer sum.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def build_cmd(space_name: str, resolution: int, threads: int, provider: str, num_classes: int, width_mult: float,
+              out: Path | None, resume: bool, force: bool, add: tuple[str, ...], calibration_nets: int,
+              seed: int) -> None:
+    """Measure every layer configuration of a space (resumable; Ctrl-C then --resume)."""
+    provider = _provider(provider)
+    space = _space(space_name, width_mult, num_classes, resolution)
+    extra = [a for _, a in _archs(add, resolution, num_classes)]
+    try:
+        table, path = lat.build_table(space, resolution, threads, provider, out, resume=resume, force=force,
+                                      add=extra, n_calibration=calibration_nets, seed=seed)
+    except lat.LatencyError as exc:
+        raise UserError(str(exc)) from None
+    except KeyboardInterrupt:
+        console_err.print("interrupted: finished rows are kept; rerun with --resume to finish")
+        raise SystemExit(130) from None
+    cal = table.calibration
+    console_out.print(f"wrote {path}: {len(table)} entries, reference {table.reference_us / 1e3:.3f} ms, "
+                      f"calibration {'+'.join(cal['features'])} (leave-one-out MAPE "
+                      f"{100 * (cal.get('loo_mape') or 0):.1f}% on {cal['n_nets']} nets)")
+
+
+@latency_group.command("measure")
+@click.argument("spec_or_preset")
+@click.option("--resolution", type=click.IntRange(32, 2048), default=None, help="Input resolution (presets).")
+@click.option("--num-classes", type=click.IntRange(min=1), default=None)
+@threads_opt
+@provider_opt
+@click.option("--json", "as_json", is_flag=True)
+def measure_cmd(spec_or_preset: str, resolution: int | None, num_classes: int | None, threads: int, provider: str,
+                as_json: bool) -> None:
+    """Measure a whole network with the table protocol."""
+    provider = _provider(provider)
+    try:
+        arch = ss.load_arch(spec_or_preset, None, resolution, num_classes)
+    except ss.SpecError as exc:
+        raise UserError(str(exc)) from None
+    with console_err.status("measuring ..."):
+        t = lat.measure_arch(arch, threads, provider)
+    result = {"arch_id": arch.arch_id, "resolution": arch.resolution, "threads": threads, "provider": provider,
+              "median_ms": t.median_us / 1e3, "p10_ms": t.p10_us / 1e3, "p90_ms": t.p90_us / 1e3, "runs": t.runs}
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        console_out.print(f"{spec_or_preset} @{arch.resolution}px, {threads} thread(s): median "
+                          f"{result['median_ms']:.3f} ms (p10 {result['p10_ms']:.3f}, p90 {result['p90_ms']:.3f}, "
+                          f"{t.runs} runs)")
+
+
+@latency_group.command("predict")
+@click.option("--table", "table_path", type=click.Path(path_type=Path), required=True)
+@click.argument("specs", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True)
+def predict_cmd(table_path: Path, specs: tuple[str, ...], as_json: bool) -> None:
+    """Predict whole-network latency from a table (presets take the table's resolution and classes)."""
+    table = _load_table(table_path)
+    rows: list[dict[str, Any]] = []
+    for text, arch in _archs(specs, table.resolution, table.space.num_classes):
+        try:
+            ms = table.predict_ms(arch)
+        except lat.LatencyError as exc:
+            raise UserError(f"{text}: {exc}") from None
+        rows.append({"spec": text, "arch_id": arch.arch_id, "predicted_ms": ms,
+                     "block_sum_ms": table.block_sum_us(arch) / 1e3})
+    if as_json:
+        click.echo(json.dumps(rows if len(rows) > 1 else rows[0]))
+        return
+    for r in rows:
+        console_out.print(f"{r['spec'][:60]}: {r['predicted_ms']:.3f} ms predicted "
+                          f"(layer sum {r['block_sum_ms']:.3f} ms)", highlight=False)
+
+
+@latency_group.command("validate")
+@click.option("--table", "table_path", type=click.Path(path_type=Path), required=True)
+@click.option("--samples", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Scatter PNG (default: next to the table).")
+@click.option("--json", "as_json", is_flag=True)
+def validate_cmd(table_path: Path, samples: int, seed: int, rounds: int, plot: Path | None, as_json: bool) -> None:
+    """Measure held-out networks against their predictions (interleaved with the reference)."""
+    from latency.build import _rich_progress
+
+    table = _load_table(table_path)
+    plot = plot or table_path.with_suffix(".validate.png")
+    with _rich_progress("validating") as prog:
+        task = prog.add_task("validate", total=None)
+        result = lat.validate(table, samples, seed, rounds, plot=plot,
+                              progress=lambda d, t: prog.update(task, completed=d, total=t))
+    keys = ("n", "within_5pct", "within_10pct", "mape", "kendall_tau", "spearman")
+    summary = {k: result[k] for k in keys if k in result}
+    summary["uncorrected"] = {k: result["uncorrected"][k] for k in keys[1:] if k in result["uncorrected"]}
+    summary["plot"] = result["plot"]
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    u = result["uncorrected"]
+    console_out.print(f"n={result['n']}: {100 * result['within_10pct']:.0f}% within ±10% "
+                      f"({100 * result['within_5pct']:.0f}% within ±5%), MAPE {100 * result['mape']:.1f}%, "
+                      f"Kendall τ {result.get('kendall_tau', float('nan')):.3f}; uncorrected layer sum: "
+                      f"{100 * u['within_10pct']:.0f}% within ±10%, MAPE {100 * u['mape']:.1f}%. "
+                      f"plot: {result['plot']}")
+
+
+@latency_group.command("kit")
+@space_opt
+@res_opt
+@threads_opt
+@click.option("--num-classes", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--width-mult", type=float, default=1.0, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--calibration-nets", type=click.IntRange(min=3), default=24, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def kit_cmd(space_name: str, resolution: int, threads: int, num_classes: int, width_mult: float, out: Path,
+            calibration_nets: int, seed: int) -> None:
+    """Write a folder to measure on a device with only Python, numpy and onnxruntime."""
+    from latency.build import make_kit
+
+    space = _space(space_name, width_mult, num_classes, resolution)
+    try:
+        make_kit(out, space, resolution, threads, (), calibration_nets, seed)
+    except lat.LatencyError as exc:
+        raise UserError(str(exc)) from None
+    console_out.print(f"wrote {out}: copy it to the device and run `python measure.py` there, then "
+                      f"`bneck latency import {out}/results.csv --out table.parquet`")
+
+
+@latency_group.command("import")
+@click.argument("results", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def import_cmd(results: Path, out: Path) -> None:
+    """Turn a kit's measured results (KIT/results.csv or KIT) into a table."""
+    kit = results if results.is_dir() else results.parent
+    csv_path = results / "results.csv" if results.is_dir() else results
+    try:
+        table = lat.LatencyTable.from_kit(kit, csv_path)
+    except lat.LatencyError as exc:
+        raise UserError(str(exc)) from None
+    table.save(out)
+    console_out.print(f"wrote {out}: {len(table)} entries")
