@@ -23,7 +23,7 @@ import pandas as pd
 
 from latency.kit import layer_key
 from latency.protocol import fingerprint
-from search_space import Arch, LayerConfig, SearchSpace, layer_cost, params
+from search_space import Arch, Bneck, LayerConfig, SearchSpace, layer_cost, params
 
 TABLE_FORMAT = "bneck-latency-table/1"
 _CFG_FIELDS = [f.name for f in fields(LayerConfig)]
@@ -97,8 +97,16 @@ class LatencyTable:
         self.entries = entries
         self.meta = meta
         self._us = dict(zip(entries["key"], entries["median_us"].astype(float), strict=True))
+        # the scalar hot path looks layers up by a plain tuple (no LayerConfig, no key string)
+        cols = ["kind", "size", "cin", "expand", "out", "kernel", "stride", "se", "act", "median_us"]
+        self._us_by_tuple = {(kind, int(size), int(cin), int(e), int(out), int(k), int(s), bool(se), act): float(us)
+                             for kind, size, cin, e, out, k, s, se, act, us
+                             in entries[cols].itertuples(index=False, name=None)}
+        heads = entries.loc[entries["kind"] == "head", "num_classes"]
+        self._head_classes = int(heads.iloc[0]) if len(heads) and heads.nunique() == 1 else -1
         self._space: SearchSpace | None = None
         self._tables: Any = None
+        self._family_fits: dict[tuple[Any, ...], tuple[str, Any] | None] = {}
 
     # ---- facts --------------------------------------------------------------------------------------
     @property
@@ -128,10 +136,71 @@ class LatencyTable:
 
     # ---- prediction ---------------------------------------------------------------------------------
     def layer_us(self, cfg: LayerConfig) -> float:
+        """A layer's latency: its measured row, or interpolated along the channel axes (see `_interpolate`)."""
         key = layer_key(cfg)
         if key in self._us:
             return self._us[key]
-        raise LatencyError(self._missing_message([cfg]))
+        value = self._interpolate(cfg)
+        if value is None:
+            raise LatencyError(self._missing_message([cfg]))
+        self._us[key] = value
+        return value
+
+    @staticmethod
+    def _channel_features(cin: Any, expand: Any, out: Any, se: bool, kind: str) -> np.ndarray:
+        """Per-family regressors (size, kernel, stride fixed): what scales a bneck/ds layer's work."""
+        cin, expand, out = (np.asarray(v, dtype=float) for v in (cin, expand, out))
+        if kind == "ds":
+            return np.stack([np.ones_like(cin), cin, cin * out], axis=-1)
+        has_expand = (expand != cin).astype(float)
+        cols = [np.ones_like(cin), has_expand * cin * expand, expand, expand * out]
+        if se:
+            cols.append(expand * np.maximum(8.0, np.floor((np.floor(expand / 4) + 4) / 8) * 8))
+        return np.stack(cols, axis=-1)
+
+    def _interpolate(self, cfg: LayerConfig) -> float | None:
+        """Latency of an unmeasured bneck/ds width, from a least-squares fit over its family's rows.
+
+        NetAdapt prunes expansion and bottleneck widths to any multiple of 8; the space's grid measures every
+        family (same input size, stride, kernel, SE, NL) at several widths, which is what the fit uses. A family
+        with too few rows for that fits latency linearly in mult-adds over its rows of the same structure.
+        """
+        if cfg.kind not in ("bneck", "ds"):
+            return None
+        fam_key = (cfg.kind, cfg.size, cfg.stride, cfg.kernel, cfg.se, cfg.act)
+        if fam_key not in self._family_fits:
+            e = self.entries
+            rows = e[(e["kind"] == cfg.kind) & (e["size"] == cfg.size) & (e["stride"] == cfg.stride)
+                     & (e["kernel"] == cfg.kernel) & (e["se"] == cfg.se) & (e["act"] == cfg.act)]
+            x = self._channel_features(rows["cin"], rows["expand"], rows["out"], cfg.se, cfg.kind)
+            if len(rows) >= x.shape[1] + 2:
+                coef, *_ = np.linalg.lstsq(x, rows["median_us"].to_numpy(dtype=float), rcond=None)
+                self._family_fits[fam_key] = ("fit", coef)
+            elif len(rows):  # too few widths for the full fit: latency linear in mult-adds (see below)
+                self._family_fits[fam_key] = ("few", rows)
+            else:
+                self._family_fits[fam_key] = None
+        fit = self._family_fits[fam_key]
+        if fit is None:
+            return None
+        if fit[0] == "fit":
+            x = self._channel_features(cfg.cin, cfg.expand, cfg.out, cfg.se, cfg.kind)
+            return max(float(x @ fit[1]), 1e-3)
+        rows = fit[1]
+        same = rows[(rows["expand"] != rows["cin"]) == (cfg.expand != cfg.cin)]  # same structure (expand conv)
+        rows = same if len(same) else rows
+
+        def madds_of(r: Any) -> float:
+            return float(layer_cost(LayerConfig(cfg.kind, cfg.size, int(r["cin"]), int(r["expand"]), int(r["out"]),
+                                                cfg.kernel, cfg.stride, cfg.se, cfg.act))[1])
+
+        m = np.array([madds_of(r) for _, r in rows.iterrows()])
+        us = rows["median_us"].to_numpy(dtype=float)
+        target = float(layer_cost(cfg)[1])
+        if len(rows) >= 2 and np.ptp(m) > 0:
+            slope, intercept = np.polyfit(m, us, 1)
+            return max(float(intercept + slope * target), 1e-3)
+        return float(us[0]) * target / max(1.0, m[0])
 
     def _missing_message(self, cfgs: Sequence[LayerConfig]) -> str:
         keys = sorted({layer_key(c) for c in cfgs})
@@ -150,11 +219,15 @@ class LatencyTable:
     def block_sum_us(self, arch: Arch) -> float:
         """Uncorrected sum of the layers' latencies (µs)."""
         self.check(arch)
-        layers = arch.layers()
-        missing = [c for c in layers if layer_key(c) not in self._us]
+        values, missing = [], []
+        for c in arch.layers():
+            try:
+                values.append(self.layer_us(c))
+            except LatencyError:
+                missing.append(c)
         if missing:
             raise LatencyError(self._missing_message(missing))
-        return math.fsum(self._us[layer_key(c)] for c in layers)
+        return math.fsum(values)
 
     def calibrate(self, sum_us: Any, n_layers: Any, mparams: Any) -> Any:
         """Whole-network latency from the layer sum and the calibration's other features."""
@@ -162,10 +235,43 @@ class LatencyTable:
         values = {"sum_us": sum_us, "layers": n_layers, "mparams": mparams}
         return sum(coef * values[f] for f, coef in zip(c["features"], c["coef"], strict=True))
 
+    def _fast_sum_us(self, arch: Arch) -> float | None:
+        """Layer sum by tuple lookups; None when a layer is missing (the slow path then names it)."""
+        get = self._us_by_tuple.get
+        size = arch.resolution
+        s = arch.stem
+        total = get(("stem", size, 3, 0, s.out, s.kernel, s.stride, False, s.act))
+        if total is None:
+            return None
+        size = (size + s.stride - 1) // s.stride
+        cin = s.out
+        for b in arch.blocks:
+            if type(b) is Bneck:
+                v = get(("bneck", size, cin, b.expand, b.out, b.kernel, b.stride, b.se, b.act))
+            else:
+                v = get(("ds", size, cin, 0, b.out, b.kernel, b.stride, False, b.act))
+            if v is None:
+                return None
+            total += v
+            if b.stride != 1:
+                size = (size + 1) // 2
+            cin = b.out
+        h = arch.head
+        v = get(("head", size, cin, h.conv or 0, h.hidden or 0, 1, 1, False, f"{h.conv_act}/{h.hidden_act}"))
+        if v is None or arch.num_classes != self._head_classes:
+            return None
+        return total + v
+
     def predict_us(self, arch: Arch, threads: int | None = None) -> float:
         """Predicted whole-network latency in µs on the table's device, in the table's host state."""
-        self.check(arch, threads)
-        return float(self.calibrate(self.block_sum_us(arch), len(arch.blocks) + 2, params(arch) / 1e6))
+        if arch.resolution != self.resolution or (threads is not None and threads != self.threads):
+            self.check(arch, threads)
+        total = self._fast_sum_us(arch)
+        if total is None:
+            total = self.block_sum_us(arch)
+        c = self.calibration
+        mparams = params(arch) / 1e6 if "mparams" in c["features"] else 0.0
+        return float(self.calibrate(total, len(arch.blocks) + 2, mparams))
 
     def predict_ms(self, arch: Arch, threads: int | None = None) -> float:
         return self.predict_us(arch, threads) / 1e3
@@ -174,7 +280,11 @@ class LatencyTable:
         """Predicted latency (ms) of many encoded architectures of the table's space (numpy only)."""
         if self._tables is None:
             def fn(cfg: LayerConfig) -> tuple[float, float, float]:
-                return self._us.get(layer_key(cfg), math.nan), 1.0, layer_cost(cfg)[0] / 1e6
+                try:
+                    us = self.layer_us(cfg)
+                except LatencyError:
+                    us = math.nan
+                return us, 1.0, layer_cost(cfg)[0] / 1e6
 
             self._tables = self.space.tabulate(fn)
         totals = self._tables.total(encoded)

@@ -397,11 +397,22 @@ def residual_groups(stem_out: int, blocks: Sequence[Any]) -> tuple[list[int], li
 
 
 class LayerTables:
-    """Per-slot lookup tables of a per-layer quantity over a space (see `SearchSpace.tabulate`)."""
+    """Per-slot lookup tables of a per-layer quantity over a space (see `SearchSpace.tabulate`).
+
+    Each slot's table is flattened to (cells, outputs) so a batch costs one integer index computation and one
+    `take` per layer slot.
+    """
 
     def __init__(self, space: SearchSpace, stem: np.ndarray, first: list[np.ndarray],
                  rest: list[np.ndarray | None], head: np.ndarray) -> None:
-        self.space, self.stem, self.first, self.rest, self.head = space, stem, first, rest, head
+        self.space, self.stem, self.head = space, stem, head
+        self.n_out = int(np.prod(stem.shape)) if stem.shape else 1
+        self.first = [t.reshape(-1, self.n_out) for t in first]
+        # a trailing zero row is where absent layers (expansion slot -1) point
+        self.rest = [np.vstack([t.reshape(-1, self.n_out), np.zeros((1, self.n_out), t.dtype)]) if t is not None
+                     else None for t in rest]
+        self.head_flat = head.reshape(-1, self.n_out)
+        self.shapes = [t.shape[:6] for t in first]
 
     def total(self, encoded: np.ndarray) -> np.ndarray:
         """Sum of the quantity over every layer of each encoded architecture (rows of `encoded`)."""
@@ -411,21 +422,24 @@ class LayerTables:
         if enc.shape[1] != self.space.num_decisions:
             raise SpecError(f"encodings have {enc.shape[1]} columns, space {self.space.name} needs "
                             f"{self.space.num_decisions}")
-        total = np.broadcast_to(self.stem, (len(enc), *self.stem.shape)).copy()
-        prev = np.zeros(len(enc), dtype=np.int64)
+        cols = np.ascontiguousarray(enc.T)
+        n = cols.shape[1]
+        total = np.empty((n, self.n_out), dtype=self.stem.dtype)
+        total[:] = self.stem.reshape(1, -1)
+        prev = np.zeros(n, dtype=np.int64)
         k = 0
         for i, st in enumerate(self.space.stages):
-            w, ks, se, act = enc[:, k + 1], enc[:, k + 2], enc[:, k + 3], enc[:, k + 4]
-            total += self.first[i][prev, w, ks, se, act, enc[:, k + 5]]
+            _, n_w, n_k, n_se, n_act, n_r = self.shapes[i]
+            cell = (((cols[k + 1] * n_k + cols[k + 2]) * n_se + cols[k + 3]) * n_act + cols[k + 4]) * n_r
+            total += self.first[i].take(prev * (n_w * n_k * n_se * n_act * n_r) + cell + cols[k + 5], axis=0)
             rest = self.rest[i]
             for j in range(1, st.max_depth):
-                r = enc[:, k + 5 + j]
-                present = r >= 0
-                vals = rest[w, ks, se, act, np.maximum(r, 0)]  # type: ignore[index]
-                total += np.where(present.reshape(-1, *([1] * (vals.ndim - 1))), vals, 0)
-            prev = w
+                r = cols[k + 5 + j]
+                total += rest.take(np.where(r >= 0, cell + r, len(rest) - 1), axis=0)  # type: ignore[union-attr,arg-type]
+            prev = cols[k + 1]
             k += 5 + st.max_depth
-        return total + self.head[prev]
+        total += self.head_flat.take(prev, axis=0)
+        return total.reshape((n, *self.stem.shape))
 
 
 def space_around(name: str, seed: Arch, expand_ratios: Sequence[float], *,

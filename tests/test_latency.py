@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -100,10 +101,39 @@ def test_missing_entries_are_listed_with_the_command_that_adds_them(built):
     table, _ = built
     arch = tiny_space().seed
     blocks = list(arch.blocks)
-    blocks[1] = ss.Bneck(3, 40, 16, 2, True, "hswish")  # expand 40 is no ratio of the space
+    blocks[1] = ss.Bneck(7, 24, 16, 2, True, "hswish")  # kernel 7: no measured family to interpolate from
     odd = arch.replace(blocks=tuple(blocks))
-    with pytest.raises(lat.LatencyError, match=r"no entry for 1 layer\(s\): bneck_r16_i8_e40.*--add SPEC"):
+    with pytest.raises(lat.LatencyError, match=r"no entry for 1 layer\(s\): bneck_r16_i8_e24_o16_k7.*--add SPEC"):
         table.predict_ms(odd)
+
+
+def test_pruned_widths_are_interpolated_within_their_family(built):
+    table, _ = built
+    arch = tiny_space().seed
+    pruned = arch.replace(blocks=(arch.blocks[0], ss.Bneck(3, 16, 16, 2, True, "hswish"), *arch.blocks[2:]))
+    cfg = pruned.layers()[2]
+    assert lat.layer_key(cfg) not in set(table.entries["key"])
+    e = table.entries
+    family = e[(e["size"] == cfg.size) & (e["kernel"] == 3) & e["se"] & (e["act"] == "hswish") & (e["stride"] == 2)]
+    value = table.layer_us(cfg)
+    assert family["median_us"].min() * 0.5 <= value <= family["median_us"].max() * 1.5
+    assert table.predict_ms(pruned) > 0
+
+
+def test_interpolation_is_exact_on_a_linear_family():
+    """If a family's latencies follow the regressors exactly, an unmeasured width is predicted exactly."""
+    rows = []
+    for cin in (16, 24, 32):
+        for e in (48, 72, 96, 144):
+            for out in (16, 24, 32):
+                us = 5 + 0.01 * cin * e + 0.2 * e + 0.003 * e * out
+                rows.append({"kind": "bneck", "size": 14, "cin": cin, "expand": e, "out": out, "kernel": 3,
+                             "stride": 1, "se": False, "act": "relu", "num_classes": 0, "median_us": us,
+                             "key": f"k{cin}_{e}_{out}"})
+
+    table = lat.LatencyTable(pd.DataFrame(rows), {"resolution": 14, "threads": 1})
+    cfg = ss.LayerConfig("bneck", 14, 20, 64, 20, 3, 1, False, "relu")
+    assert table.layer_us(cfg) == pytest.approx(5 + 0.01 * 20 * 64 + 0.2 * 64 + 0.003 * 64 * 20, rel=1e-9)
 
 
 def test_add_extends_a_table_with_new_layers(tmp_path):
