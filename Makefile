@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench bench-latency clean
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ lint: install
 bench: install
 	$(BIN)/python benchmarks/cost_model_speed.py
 	$(BIN)/python benchmarks/export_speed.py
+	$(BIN)/python benchmarks/predictor_throughput.py
+
+bench-latency: install
+	$(BIN)/python benchmarks/latency_fidelity.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
