@@ -15,6 +15,7 @@ import search_space as ss
 from runs.errors import UserError
 from runs.errors import console_err as _err
 from runs.errors import console_out as _out
+from runs.evaluate_cli import evaluate_cmd
 from runs.latency_cli import latency_group
 
 RUNS_DIR = Path("bneck_runs")
@@ -31,6 +32,7 @@ def cli() -> None:
 
 
 cli.add_command(latency_group)
+cli.add_command(evaluate_cmd)
 
 
 # ---- bneck space ------------------------------------------------------------------------------------

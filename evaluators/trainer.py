@@ -1,0 +1,299 @@
+"""Proxy training: how good a candidate is after a short, real training run (MnasNet's proxy task).
+
+Deterministic for a seed (fixed threads, seeded init, seeded shuffling and augmentation); a diverging run
+ends as a failed `Result` instead of an exception; results are cached on disk by (arch, data, recipe, seed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from search_space import Arch, build_model, count
+
+OPTIMIZERS = ("sgd", "rmsprop")
+
+
+class RecipeError(ValueError):
+    """A training recipe field is out of range; the message names it."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that determines a proxy training run besides the architecture, data and seed."""
+
+    epochs: float = 10.0
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 4e-5  # not applied to depthwise convs, BN or biases
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    bn_momentum: float = 0.1  # proxy runs are short: BN statistics must settle in a few hundred steps
+    augment_crop: bool = False  # random-resized-crop (scale 0.6-1); off by default for digit-like data
+    augment_flip: bool = False
+    max_steps: int | None = None  # stop early after this many optimizer steps (None: run all epochs)
+    threads: int = 2  # part of the recipe hash: reductions differ with the thread count
+
+    def __post_init__(self) -> None:
+        checks = [("epochs", self.epochs > 0), ("batch_size", self.batch_size >= 1),
+                  ("optimizer", self.optimizer in OPTIMIZERS), ("lr", self.lr > 0),
+                  ("momentum", 0 <= self.momentum < 1), ("weight_decay", self.weight_decay >= 0),
+                  ("warmup_epochs", self.warmup_epochs >= 0), ("label_smoothing", 0 <= self.label_smoothing < 1),
+                  ("bn_momentum", 0 < self.bn_momentum <= 1), ("threads", self.threads >= 1),
+                  ("max_steps", self.max_steps is None or self.max_steps >= 1)]
+        for name, ok in checks:
+            if not ok:
+                allowed = f" (allowed: {', '.join(OPTIMIZERS)})" if name == "optimizer" else ""
+                raise RecipeError(f"recipe field {name}={getattr(self, name)!r} is out of range{allowed}")
+
+    @property
+    def recipe_hash(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Result:
+    """One evaluation. `failed` runs (diverged) carry a `reason` and top1 = 0."""
+
+    arch_id: str
+    top1: float
+    loss: float
+    train_loss: float
+    train_s: float
+    epochs: float
+    steps: int
+    params: int
+    madds: int
+    failed: bool = False
+    reason: str | None = None
+    cached: bool = False
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            depthwise = isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
+            if name == "bias" or isinstance(module, nn.BatchNorm2d) or depthwise:
+                no_decay.append(p)
+            else:
+                decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _augment(x: torch.Tensor, recipe: Recipe, gen: torch.Generator) -> torch.Tensor:
+    """Batch-wise random-resized-crop and horizontal flip, seeded."""
+    if recipe.augment_crop:
+        h, w = x.shape[2], x.shape[3]
+        scale = 0.6 + 0.4 * torch.rand(1, generator=gen).item()
+        ch, cw = max(1, int(h * math.sqrt(scale))), max(1, int(w * math.sqrt(scale)))
+        top = int(torch.randint(0, h - ch + 1, (1,), generator=gen).item())
+        left = int(torch.randint(0, w - cw + 1, (1,), generator=gen).item())
+        x = nn.functional.interpolate(x[:, :, top:top + ch, left:left + cw], size=(h, w), mode="bilinear",
+                                      align_corners=False)
+    if recipe.augment_flip:
+        flip = torch.rand(x.shape[0], generator=gen) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    return x
+
+
+class ProxyTrainer:
+    """Train an architecture briefly on `ImageData` and report validation top-1."""
+
+    def __init__(self, recipe: Recipe | None = None, device: str = "cpu",
+                 cache_dir: str | os.PathLike[str] | None = None, progress: bool = False) -> None:
+        self.recipe = recipe or Recipe()
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise RecipeError(f"device {device!r} requested but no CUDA device is available (use --device cpu)")
+        if not (device == "cpu" or device.startswith("cuda")):
+            raise RecipeError(f"device {device!r} not in {{cpu, cuda, cuda:N}}")
+        self.device = torch.device(device)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.progress = progress
+
+    # ---- cache ------------------------------------------------------------------------------------------
+    def cache_key(self, arch: Arch, data: Any, seed: int) -> str:
+        text = f"{arch.arch_id}|{data.fingerprint}|{self.recipe.recipe_hash}|{seed}"
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+    def _cache_paths(self, key: str) -> tuple[Path, Path] | None:
+        if self.cache_dir is None:
+            return None
+        d = self.cache_dir / "evals"
+        return d / f"{key}.json", d / f"{key}.pt"
+
+    # ---- evaluation ---------------------------------------------------------------------------------
+    def evaluate(self, arch: Arch, data: Any, seed: int = 0, return_model: bool = False) -> Result:
+        """Train `arch` (at the data's resolution) and return its validation result.
+
+        With `return_model`, the trained module is attached as `result.model` (and cached with the result).
+        """
+        key = self.cache_key(arch, data, seed)
+        paths = self._cache_paths(key)
+        if paths is not None and paths[0].is_file() and (not return_model or paths[1].is_file()):
+            result = Result(**{**json.loads(paths[0].read_text()), "cached": True})
+            if return_model:
+                model = build_model(arch.replace(num_classes=data.num_classes, resolution=data.resolution))
+                model.load_state_dict(torch.load(paths[1], map_location="cpu", weights_only=True))
+                result.model = model  # type: ignore[attr-defined]
+            return result
+        result, model = self._train(arch, data, seed)
+        if paths is not None:
+            paths[0].parent.mkdir(parents=True, exist_ok=True)
+            tmp = paths[0].with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(result.to_dict()))
+            os.replace(tmp, paths[0])
+            if return_model and not result.failed:
+                tmp_pt = paths[1].with_suffix(".pt.tmp")
+                torch.save(model.state_dict(), tmp_pt)
+                os.replace(tmp_pt, paths[1])
+        if return_model:
+            result.model = model  # type: ignore[attr-defined]
+        return result
+
+    def _train(self, arch: Arch, data: Any, seed: int) -> tuple[Result, nn.Module]:
+        r = self.recipe
+        arch = arch.replace(num_classes=data.num_classes, resolution=data.resolution)
+        n_params, n_madds = count(arch)
+        prev_threads = torch.get_num_threads()
+        torch.set_num_threads(r.threads)
+        try:
+            return self._run(arch, data, seed, n_params, n_madds)
+        finally:
+            torch.set_num_threads(prev_threads)
+
+    def _tensors(self, x: np.ndarray, data: Any) -> torch.Tensor:
+        mean = torch.tensor(data.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(data.std, dtype=torch.float32).view(1, 3, 1, 1)
+        t = torch.from_numpy(np.array(x, dtype=np.uint8)).permute(0, 3, 1, 2).float().div_(255.0)  # copy: read-only
+        return ((t - mean) / std).to(self.device)
+
+    def _run(self, arch: Arch, data: Any, seed: int, n_params: int, n_madds: int) -> tuple[Result, nn.Module]:
+        r = self.recipe
+        torch.manual_seed(seed)
+        model = build_model(arch, seed=seed)
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = r.bn_momentum
+        model.to(self.device)
+        x_train = self._tensors(data.x_train, data)
+        y_train = torch.from_numpy(np.array(data.y_train, dtype=np.int64)).to(self.device)
+        x_val = self._tensors(data.x_val, data)
+        y_val = torch.from_numpy(np.array(data.y_val, dtype=np.int64)).to(self.device)
+        n = len(y_train)
+        steps_per_epoch = max(1, math.ceil(n / r.batch_size))
+        total_steps = max(1, round(r.epochs * steps_per_epoch))
+        if r.max_steps is not None:
+            total_steps = min(total_steps, r.max_steps)
+        warmup = round(r.warmup_epochs * steps_per_epoch)
+        groups = _param_groups(model, r.weight_decay)
+        if r.optimizer == "sgd":
+            opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=r.lr, momentum=r.momentum, nesterov=True)
+        else:  # MnasNet's RMSprop (decay 0.9, momentum 0.9, eps 1e-3 in TF terms)
+            opt = torch.optim.RMSprop(groups, lr=r.lr, alpha=0.9, momentum=r.momentum, eps=1e-3)
+
+        def lr_at(step: int) -> float:
+            if step < warmup:
+                return r.lr * (step + 1) / warmup
+            progress = (step - warmup) / max(1, total_steps - warmup)
+            return 0.5 * r.lr * (1 + math.cos(math.pi * progress))
+
+        criterion = nn.CrossEntropyLoss(label_smoothing=r.label_smoothing)
+        gen = torch.Generator().manual_seed(seed)
+        history: list[dict[str, float]] = []
+        start = time.perf_counter()
+        step = 0
+        train_loss = math.nan
+        failed_reason: str | None = None
+        bar = _progress(self.progress, math.ceil(total_steps / steps_per_epoch))
+        with bar as prog:
+            task = prog.add_task(f"training {arch.arch_id}", total=math.ceil(total_steps / steps_per_epoch)) \
+                if prog is not None else None
+            while step < total_steps and failed_reason is None:
+                model.train()
+                order = torch.randperm(n, generator=gen).to(self.device)
+                running, seen = 0.0, 0
+                for b in range(steps_per_epoch):
+                    if step >= total_steps:
+                        break
+                    idx = order[b * r.batch_size:(b + 1) * r.batch_size]
+                    xb = _augment(x_train[idx], r, gen)
+                    for g in opt.param_groups:
+                        g["lr"] = lr_at(step)
+                    loss = criterion(model(xb), y_train[idx])
+                    if not torch.isfinite(loss):
+                        failed_reason = f"loss diverged ({loss.item()}) at step {step}"
+                        break
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    running += loss.item() * len(idx)
+                    seen += len(idx)
+                    step += 1
+                train_loss = running / max(1, seen)
+                history.append({"step": step, "train_loss": train_loss})
+                if prog is not None:
+                    prog.update(task, advance=1, description=f"training {arch.arch_id} loss {train_loss:.3f}")
+        train_s = time.perf_counter() - start
+        epochs_done = step / steps_per_epoch
+        if failed_reason is None and not all(torch.isfinite(p).all() for p in model.parameters()):
+            failed_reason = "weights became non-finite"
+        if failed_reason is not None:
+            return Result(arch.arch_id, 0.0, math.inf, train_loss, train_s, epochs_done, step, n_params, n_madds,
+                          failed=True, reason=failed_reason, history=history), model
+        top1, val_loss = evaluate_accuracy(model, x_val, y_val, r.batch_size * 4)
+        if not math.isfinite(val_loss):
+            return Result(arch.arch_id, 0.0, math.inf, train_loss, train_s, epochs_done, step, n_params, n_madds,
+                          failed=True, reason="validation loss is not finite", history=history), model
+        return Result(arch.arch_id, top1, val_loss, train_loss, train_s, epochs_done, step, n_params, n_madds,
+                      history=history), model
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> tuple[float, float]:
+    """(top-1, mean cross-entropy) of `model` in eval mode."""
+    model.eval()
+    correct, loss_sum = 0, 0.0
+    for i in range(0, len(y), batch_size):
+        logits = model(x[i:i + batch_size])
+        loss_sum += nn.functional.cross_entropy(logits, y[i:i + batch_size], reduction="sum").item()
+        correct += int((logits.argmax(1) == y[i:i + batch_size]).sum())
+    return correct / max(1, len(y)), loss_sum / max(1, len(y))
+
+
+class _NoProgress:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _progress(enabled: bool, total: int) -> Any:
+    if not enabled:
+        return _NoProgress()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs ETA"),
+                    TimeRemainingColumn(), transient=True)
+
+
+def with_overrides(recipe: Recipe, **changes: Any) -> Recipe:
+    """A copy of `recipe` with non-None fields changed (CLI flags)."""
+    return replace(recipe, **{k: v for k, v in changes.items() if v is not None})
