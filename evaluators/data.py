@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from search_space.paths import cache_dir as default_cache_dir
+
 BUILTINS: tuple[str, ...] = ("digits",)
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 MIN_RESOLUTION = 8
@@ -278,9 +280,8 @@ def _load_npz(source: str, path: Path, resolution: int, seed: int, val_fraction:
 
 # ---- image folders --------------------------------------------------------------------------------------------------
 def _cache_root(cache_dir: str | os.PathLike[str] | None) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    return Path(os.environ.get("BNECK_CACHE") or Path.home() / ".cache" / "bneck")
+    return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+
 
 
 def _scan_folder(source: str, root: Path) -> tuple[tuple[str, ...], list[Path], np.ndarray, str]:

@@ -22,11 +22,7 @@ from latency.protocol import Protocol, Timing, done_rows, fingerprint, run_kit
 from latency.protocol import measure as measure_onnx
 from latency.table import LatencyError, LatencyTable
 from search_space import Arch, LayerConfig, SearchSpace, build_model, onnx_bytes
-
-
-def cache_dir() -> Path:
-    """Where bneck caches tables (BNECK_CACHE overrides ~/.cache/bneck)."""
-    return Path(os.environ.get("BNECK_CACHE", Path.home() / ".cache" / "bneck"))
+from search_space.paths import cache_dir
 
 
 def device_id(threads: int, provider: str) -> str:

@@ -17,8 +17,7 @@ from runs.errors import console_err as _err
 from runs.errors import console_out as _out
 from runs.evaluate_cli import evaluate_cmd
 from runs.latency_cli import latency_group
-
-RUNS_DIR = Path("bneck_runs")
+from search_space.paths import RUNS_DIR
 
 
 def _fail(exc: Exception) -> UserError:

@@ -11,6 +11,7 @@ import search_space as ss
 from evaluators import PROXIES, DataError, ProxyTrainer, Recipe, RecipeError, load_data, proxy_score
 from evaluators.trainer import with_overrides
 from runs.errors import UserError, console_err, console_out
+from search_space.paths import cache_dir
 
 
 @click.command("evaluate")
@@ -34,8 +35,6 @@ def evaluate_cmd(spec_or_preset: str, data_spec: str, resolution: int, epochs: f
                  lr: float | None, optimizer: str | None, threads: int | None, device: str, proxy: str | None,
                  seed: int, no_cache: bool, save_weights: Path | None, as_json: bool) -> None:
     """Train SPEC_OR_PRESET briefly on real images and report validation top-1 (or a zero-cost score)."""
-    from latency.build import cache_dir
-
     try:
         recipe = with_overrides(Recipe(), epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
                                 threads=threads)
