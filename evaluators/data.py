@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from search_space.paths import cache_dir as default_cache_dir
+from search_space.progress import progress_bar
 
 BUILTINS: tuple[str, ...] = ("digits",)
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -335,18 +336,7 @@ def _progress_bar(enabled: bool, total: int, description: str) -> Iterator[Calla
     if not enabled:
         yield lambda _: None
         return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    with Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True)) as prog:
+    with progress_bar(description) as prog:
         task = prog.add_task(description, total=total)
         yield lambda k: prog.advance(task, k)
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from search_space import Arch, build_model, count
+from search_space.progress import progress_bar
 
 OPTIMIZERS = ("sgd", "rmsprop")
 
@@ -286,12 +287,7 @@ class _NoProgress:
 
 
 def _progress(enabled: bool, total: int) -> Any:
-    if not enabled:
-        return _NoProgress()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs ETA"),
-                    TimeRemainingColumn(), transient=True)
+    return progress_bar(transient=True) if enabled else _NoProgress()
 
 
 def with_overrides(recipe: Recipe, **changes: Any) -> Recipe:

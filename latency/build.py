@@ -23,6 +23,7 @@ from latency.protocol import measure as measure_onnx
 from latency.table import LatencyError, LatencyTable
 from search_space import Arch, LayerConfig, SearchSpace, build_model, onnx_bytes
 from search_space.paths import cache_dir
+from search_space.progress import progress_bar
 
 
 def device_id(threads: int, provider: str) -> str:
@@ -42,20 +43,6 @@ def measure_arch(arch: Arch, threads: int = 1, provider: str = "CPUExecutionProv
     """Whole-network latency of `arch` with the table protocol."""
     data = onnx_bytes(build_model(arch), (1, 3, arch.resolution, arch.resolution))
     return measure_onnx(data, threads, provider, protocol)
-
-
-def _rich_progress(description: str) -> Any:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("ETA"), TimeRemainingColumn(), transient=False)
 
 
 def build_table(space: SearchSpace, resolution: int | None = None, threads: int = 1,
@@ -88,7 +75,7 @@ def build_table(space: SearchSpace, resolution: int | None = None, threads: int 
     measured = _measured_keys(kit)
     make_kit(kit, space, res, threads, add, n_calibration, seed, protocol, workers, show_progress, measured)
     if show_progress:
-        with _rich_progress("{task.description}") as prog:
+        with progress_bar("{task.description}") as prog:
             tasks: dict[str, Any] = {}
 
             def on_measure(done: int, total: int, key: str) -> None:
@@ -130,7 +117,7 @@ def make_kit(kit: Path, space: SearchSpace, resolution: int, threads: int = 1, a
     if not show_progress:
         return write_kit(kit, space, resolution, space.seed, calibration, threads, list(layers.values()), protocol,
                          workers, skip_keys=skip_keys)
-    with _rich_progress("exporting graphs") as prog:
+    with progress_bar("exporting graphs") as prog:
         task = prog.add_task("export", total=1)
 
         def on_export(done: int, total: int) -> None:

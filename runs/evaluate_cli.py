@@ -67,5 +67,5 @@ def evaluate_cmd(spec_or_preset: str, data_spec: str, resolution: int, epochs: f
     else:
         cached = " (cached)" if result["cached"] else ""
         console_out.print(f"{arch.arch_id}: top-1 {100 * result['top1']:.2f}% on {data.source} val "
-                          f"({len(data.y_val)} images), loss {result['loss']:.3f}, {result['epochs']:g} epochs in "
+                          f"({len(data.y_val)} images), loss {result['loss']:.3f}, {result['epochs']:.3g} epochs in "
                           f"{result['train_s']:.1f} s{cached}")

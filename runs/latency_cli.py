@@ -12,6 +12,7 @@ import click
 import latency as lat
 import search_space as ss
 from runs.errors import UserError, console_err, console_out
+from search_space.progress import progress_bar
 
 
 def _provider(value: str) -> str:
@@ -164,11 +165,9 @@ def predict_cmd(table_path: Path, specs: tuple[str, ...], as_json: bool) -> None
 @click.option("--json", "as_json", is_flag=True)
 def validate_cmd(table_path: Path, samples: int, seed: int, rounds: int, plot: Path | None, as_json: bool) -> None:
     """Measure held-out networks against their predictions (interleaved with the reference)."""
-    from latency.build import _rich_progress
-
     table = _load_table(table_path)
     plot = plot or table_path.with_suffix(".validate.png")
-    with _rich_progress("validating") as prog:
+    with progress_bar("validating") as prog:
         task = prog.add_task("validate", total=None)
         result = lat.validate(table, samples, seed, rounds, plot=plot,
                               progress=lambda d, t: prog.update(task, completed=d, total=t))
