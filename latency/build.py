@@ -54,10 +54,8 @@ def build_table(space: SearchSpace, resolution: int | None = None, threads: int 
     res = space.resolution if resolution is None else resolution
     if threads < 1:
         raise LatencyError(f"threads {threads} must be >= 1")
-    if space.resolution != res:
-        from search_space import get_space
-
-        space = get_space(space.name, space.width_mult, space.num_classes, res)
+    if space.resolution != res:  # from its own definition: custom spaces are not in the registry
+        space = SearchSpace.from_dict({**space.to_dict(), "resolution": res})
     path = Path(out) if out else default_table_path(space, res, threads, provider)
     kit = path.with_name(path.name + ".kit")
     if force:

@@ -100,7 +100,7 @@ def write_kit(out_dir: str | os.PathLike[str], space: SearchSpace, resolution: i
     if progress:
         progress(done, total)
     if jobs_layers or jobs_nets:
-        if workers > 1:
+        if workers > 1 and len(jobs_layers) + len(jobs_nets) > 16:  # spawning workers costs seconds each
             with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
                 for _ in pool.map(_export_layer, jobs_layers, chunksize=8):
                     done += 1

@@ -20,7 +20,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ class Protocol:
     max_runs: int = 2000
     max_rel_spread: float = 0.15  # (p90 - p10) / median above this: measure again
     attempts: int = 3
-    calibration_rounds: int = 3  # rounds of (whole net, then each of its layers) per calibration net
+    calibration_rounds: int = 3  # rounds of whole calibration nets, each timing next to the reference
 
 
 @dataclass(frozen=True)
@@ -104,15 +104,14 @@ def time_session(sess: Any, feeds: dict[str, np.ndarray] | None = None, protocol
     """Median latency of one run (µs) with p10/p90; re-measured while the spread is too wide."""
     p = protocol or Protocol()
     feeds = feeds if feeds is not None else feeds_for(sess)
-    best: Timing | None = None
-    for attempt in range(1, p.attempts + 1):
+    best = _time_once(sess, feeds, p)
+    attempt = 1
+    while best.rel_spread > p.max_rel_spread and attempt < p.attempts:
+        attempt += 1
         t = _time_once(sess, feeds, p)
-        if best is None or t.rel_spread < best.rel_spread:
-            best = Timing(t.median_us, t.p10_us, t.p90_us, t.runs, attempt)
-        if t.rel_spread <= p.max_rel_spread:
-            break
-    assert best is not None
-    return Timing(best.median_us, best.p10_us, best.p90_us, best.runs, attempt)
+        if t.rel_spread < best.rel_spread:
+            best = t
+    return replace(best, attempts=attempt)
 
 
 def measure(model: str | bytes | os.PathLike[str], threads: int = 1, provider: str = "CPUExecutionProvider",

@@ -350,7 +350,8 @@ class LatencyTable:
         try:
             with open(res, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if r.get("wall_time")]
-            float(rows[0]["median_us"]) if rows else None
+            for r in rows:  # every row, so a damaged line is this one-line error, not a traceback later
+                float(r["median_us"]), float(r["p10_us"]), float(r["p90_us"]), int(r["seq"]), int(r["runs"])
         except (csv.Error, KeyError, ValueError, UnicodeDecodeError) as exc:
             raise LatencyError(f"results file {str(res)!r} is not a bneck results CSV ({exc})") from None
         device_path = res.with_suffix(".device.json")

@@ -376,7 +376,9 @@ class SearchSpace:
                             width_ratios=tuple(st["width_ratios"]), kernels=tuple(st["kernels"]), se=tuple(st["se"]),
                             acts=tuple(st["acts"])) for st in d["stages"]]
             return cls(d["name"], Stem(**d["stem"]), stages, d["expand_ratios"], Head(**d["head"]), d["num_classes"],
-                       d["resolution"], d.get("width_mult", 1.0), Arch.parse(d["seed"]) if d.get("seed") else None)
+                       d["resolution"], d.get("width_mult", 1.0),
+                       Arch.parse(d["seed"]).replace(resolution=d["resolution"], num_classes=d["num_classes"])
+                       if d.get("seed") else None)
         except (KeyError, TypeError) as exc:
             raise SpecError(f"not a search space definition (missing or bad {exc})") from None
 
