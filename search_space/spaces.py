@@ -264,6 +264,29 @@ class SearchSpace:
                 return child
         raise SpecError(f"space {self.name}: no mutation of this architecture changes it")
 
+    def mutate_encoded(self, rng: np.random.Generator, encoded: np.ndarray) -> np.ndarray:
+        """One mutation per row of `encoded` (the vectorized `mutate`): one active decision with two or more
+        choices moves to another value; a depth change samples expansions for new layers and blanks removed
+        ones. Returns a new array; rows can still decode to their parent when widths round together."""
+        vecs = np.array(encoded, dtype=np.int64, copy=True, ndmin=2)
+        n = len(vecs)
+        mutable = (vecs >= 0) & (self.cardinalities >= 2)[None, :]
+        pick = np.where(mutable, rng.random(vecs.shape), -1.0).argmax(axis=1)
+        card = self.cardinalities[pick]
+        rows = np.arange(n)
+        vecs[rows, pick] = (vecs[rows, pick] + 1 + np.floor(rng.random(n) * (card - 1)).astype(np.int64)) % card
+        n_exp = len(self.expand_ratios)
+        fresh = np.floor(rng.random(vecs.shape) * n_exp).astype(np.int64)
+        k = 0
+        for st in self.stages:
+            depth = np.asarray(st.depths)[vecs[:, k]]
+            slots = vecs[:, k + 5:k + 5 + st.max_depth]
+            used = np.arange(st.max_depth)[None, :] < depth[:, None]
+            slots[used & (slots < 0)] = fresh[:, k + 5:k + 5 + st.max_depth][used & (slots < 0)]
+            slots[~used] = -1
+            k += 5 + st.max_depth
+        return vecs
+
     def _fill_slots(self, vec: np.ndarray, gen: np.random.Generator) -> None:
         """After a depth change: sample expansions for new layers, blank slots of removed ones."""
         k = 0

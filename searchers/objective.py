@@ -1,0 +1,132 @@
+"""What one trial does: suggest an architecture, predict its latency, evaluate it, score it.
+
+Every trial records the same user attrs (`arch`, `arch_id`, `accuracy`, `latency_ms`, `reward`, `params`,
+`madds`, `eval_s`, plus what the evaluator adds), which is what runs and reports read back from the study.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import optuna
+
+from search_space import Arch, SearchSpace, count
+from searchers.base import ACCURACY_ATTR, LATENCY_ATTR, SearchError
+from searchers.reward import Reward
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """An evaluator's verdict: accuracy in [0, 1]; `failed` (with a reason) when training diverged."""
+
+    accuracy: float
+    failed: bool = False
+    reason: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+Evaluator = Callable[[Arch], "float | Evaluation"]
+
+
+class TrainingEvaluator:
+    """Proxy training (`evaluators.ProxyTrainer`) as a search evaluator."""
+
+    def __init__(self, trainer: Any, data: Any, seed: int = 0) -> None:
+        self.trainer, self.data, self.seed = trainer, data, seed
+
+    def __call__(self, arch: Arch) -> Evaluation:
+        r = self.trainer.evaluate(arch, self.data, seed=self.seed)
+        return Evaluation(r.top1, r.failed, r.reason or "", {"train_s": r.train_s, "loss": r.loss,
+                                                               "cached": r.cached, "epochs": r.epochs})
+
+
+class LatencyModel:
+    """Predicted latency of the architectures of one search space from a `LatencyTable` of a space with the
+    same decisions: the search may train at another resolution and class count than the table measured
+    (proxy training on 32 px digits, deployment at 224 px and 1000 classes); latency is always the deployed
+    network's, at the table's resolution and class count."""
+
+    def __init__(self, table: Any, space: SearchSpace) -> None:
+        ts = table.space
+        if [d.choices for d in ts.decisions] != [d.choices for d in space.decisions] or ts.stem != space.stem \
+                or ts.head != space.head or ts.width_mult != space.width_mult:
+            raise SearchError(f"the latency table was measured for space {ts.name} (width {ts.width_mult}), "
+                              f"whose decisions differ from the search space {space.name} (width "
+                              f"{space.width_mult}); build a table for it with `bneck latency build --space ...`")
+        self.table, self.space = table, space
+        self.resolution, self.num_classes = ts.resolution, ts.num_classes
+
+    def ms(self, arch: Arch) -> float:
+        return float(self.table.predict_ms(arch.replace(resolution=self.resolution, num_classes=self.num_classes)))
+
+    def ms_batch(self, encoded: np.ndarray) -> np.ndarray:
+        return self.table.predict_ms_batch(encoded)
+
+
+class SearchObjective:
+    """The Optuna objective of an architecture search.
+
+    `mode="reward"`: one value, the MnasNet reward (maximize). `mode="pareto"`: (accuracy, latency_ms) for a
+    (maximize, minimize) study. With `max_latency_ms`, every trial sets the Optuna constraint
+    `latency_ms - max_latency_ms` (<= 0 feasible); an architecture over it is not trained unless
+    `train_infeasible` (its accuracy is recorded as 0).
+    """
+
+    def __init__(self, space: SearchSpace, latency: LatencyModel | Callable[[Arch], float], evaluate: Evaluator,
+                 reward: Reward | None = None, mode: str = "reward", max_latency_ms: float | None = None,
+                 train_infeasible: bool = False) -> None:
+        if mode not in ("reward", "pareto"):
+            raise SearchError(f"mode must be 'reward' or 'pareto', got {mode!r}")
+        if mode == "reward" and reward is None:
+            raise SearchError("mode 'reward' needs a Reward (target latency and exponents)")
+        if max_latency_ms is not None and not (math.isfinite(max_latency_ms) and max_latency_ms > 0):
+            raise SearchError(f"max_latency_ms must be a positive number, got {max_latency_ms!r}")
+        self.space, self.evaluate, self.reward, self.mode = space, evaluate, reward, mode
+        self.latency_ms: Callable[[Arch], float] = getattr(latency, "ms", latency)  # a LatencyModel or a function
+        self.max_latency_ms, self.train_infeasible = max_latency_ms, train_infeasible
+
+    @property
+    def directions(self) -> list[str]:
+        return ["maximize"] if self.mode == "reward" else ["maximize", "minimize"]
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        t0 = time.perf_counter()
+        arch = self.space.suggest(trial)
+        latency = float(self.latency_ms(arch))
+        p, m = count(arch)
+        trial.set_user_attr("arch", arch.to_string())
+        trial.set_user_attr("arch_id", arch.arch_id)
+        trial.set_user_attr(LATENCY_ATTR, latency)
+        trial.set_user_attr("params", int(p))
+        trial.set_user_attr("madds", int(m))
+        infeasible = self.max_latency_ms is not None and latency > self.max_latency_ms
+        if self.max_latency_ms is not None:
+            trial.set_constraint("latency", latency - self.max_latency_ms)
+        if infeasible and not self.train_infeasible:
+            result = Evaluation(0.0, info={"skipped": "latency over the ceiling"})
+        else:
+            out = self.evaluate(arch)
+            result = out if isinstance(out, Evaluation) else Evaluation(float(out))
+        for key, value in result.info.items():
+            trial.set_user_attr(key, value)
+        trial.set_user_attr("eval_s", time.perf_counter() - t0)
+        if result.failed or not math.isfinite(result.accuracy):
+            trial.set_user_attr("fail_reason", result.reason or f"accuracy {result.accuracy}")
+            raise EvaluationFailed(result.reason or f"accuracy {result.accuracy}")
+        trial.set_user_attr(ACCURACY_ATTR, float(result.accuracy))
+        if self.mode == "pareto":
+            return float(result.accuracy), latency
+        assert self.reward is not None
+        value = self.reward(result.accuracy, latency)
+        trial.set_user_attr("reward", value)
+        return value
+
+
+class EvaluationFailed(RuntimeError):
+    """Raised inside a trial when the evaluator reports failure (Optuna records the trial as FAIL; `run_search`
+    catches it so the search goes on)."""
