@@ -56,6 +56,11 @@ def vector_of_params(space: SearchSpace, params: dict[str, Any]) -> np.ndarray:
     return vec
 
 
+def params_of_vector(space: SearchSpace, vector: np.ndarray) -> dict[str, Any]:
+    """The trial parameters (as `SearchSpace.suggest` names them) of a decision vector: its inverse."""
+    return {d.name: d.choices[int(v)] for d, v in zip(space.decisions, vector, strict=True) if v >= 0}
+
+
 @dataclass(frozen=True)
 class History:
     """Completed trials of a study in trial-number order, as arrays a strategy can compute on."""
@@ -63,7 +68,7 @@ class History:
     numbers: np.ndarray      # (n,) trial numbers
     vectors: np.ndarray      # (n, num_decisions) decision vectors
     values: np.ndarray       # (n,) objective value, larger is better
-    accuracy: np.ndarray     # (n,) the `accuracy` user attr (nan where absent)
+    accuracy: np.ndarray     # (n,) the `accuracy` user attr (nan where absent or not trained)
     violation: np.ndarray    # (n,) summed positive constraint values (0 = feasible)
 
     def __len__(self) -> int:
@@ -97,7 +102,8 @@ def history(space: SearchSpace, study: optuna.Study, before: int | None = None,
     return History(
         numbers=np.array([t.number for t in rows], dtype=np.int64), vectors=vectors,
         values=np.array([sign * float(t.value) for t in rows], dtype=np.float64),  # type: ignore[arg-type]
-        accuracy=np.array([float(t.user_attrs.get(ACCURACY_ATTR, np.nan)) for t in rows], dtype=np.float64),
+        accuracy=np.array([float(t.user_attrs.get(ACCURACY_ATTR, np.nan)) if "skipped" not in t.user_attrs
+                           else np.nan for t in rows], dtype=np.float64),  # skipped = never trained: no accuracy
         violation=np.array([sum(max(0.0, c) for c in t.constraints.values()) for t in rows], dtype=np.float64))
 
 

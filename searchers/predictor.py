@@ -82,11 +82,23 @@ class AccuracyPredictor:
         return best
 
     def predict(self, encoded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(mean, std) of the ensemble's predicted accuracy."""
+        """(mean, std) of the ensemble's predicted accuracy. The model is linear in one-hot features, so each
+        prediction is a sum of per-decision weight gathers (no dense feature matrix)."""
         if self.coefs is None:
             raise SearchError("predictor: predict before fit")
-        z = (features(self.space, encoded) - self.mean) / self.scale
-        preds = z @ self.coefs + self.y_mean
+        space = self.space
+        enc = np.asarray(encoded, dtype=np.int64).reshape(-1, space.num_decisions)
+        weights = self.coefs / self.scale[:, None]  # (features, models)
+        const = self.y_mean - (self.mean / self.scale) @ self.coefs
+        offsets = np.concatenate([[0], np.cumsum(space.cardinalities)[:-1]])
+        zero_row = len(weights)  # absent layers point at an all-zero row
+        padded = np.vstack([weights, np.zeros((1, weights.shape[1]))])
+        idx = np.where(enc >= 0, offsets[None, :] + enc, zero_row)
+        preds = padded[idx].sum(axis=1)
+        p, m = count_encoded(space, enc)
+        preds += np.log(p.astype(np.float64))[:, None] * weights[-2]
+        preds += np.log(m.astype(np.float64))[:, None] * weights[-1]
+        preds += const
         return preds.mean(1), preds.std(1)
 
 
@@ -117,12 +129,25 @@ class PredictorSampler(ArchSampler):
         with np.errstate(over="ignore"):
             return (vecs + 1) @ self._mult
 
+    def startup_vector(self, number: int) -> np.ndarray:
+        """Trial `number`'s uniform draw; under a latency ceiling, uniform over the architectures that meet it
+        (the table knows before training), so no startup evaluation is spent on an infeasible one."""
+        if self.max_latency_ms is None:
+            return self.random_vector(number)
+        rng = self.rng(number, salt=4)
+        for _ in range(50):
+            cand = self.space.sample_encoded(rng, 256)
+            ok = np.flatnonzero(self.latency_ms_batch(cand) <= self.max_latency_ms)
+            if len(ok):
+                return cand[ok[0]]
+        return self.random_vector(number)  # the ceiling is (nearly) unreachable: the objective will say so
+
     def batch_start(self, number: int) -> int:
         return self.n_startup + (number - self.n_startup) // self.batch_size * self.batch_size
 
     def propose(self, study: optuna.Study, trial: FrozenTrial) -> np.ndarray:
         if trial.number < self.n_startup:
-            return self.random_vector(trial.number)
+            return self.startup_vector(trial.number)
         start = self.batch_start(trial.number)
         if start not in self._batches:
             self._batches = {start: self.propose_batch(study, start)}

@@ -311,3 +311,30 @@ def test_search_with_a_real_latency_table(tmp_path):
     study = se.run_search(se.create_study(obj, se.make_sampler("predictor", space, 0, latency=model, reward=reward,
                                                                 n_startup=4, batch_size=2, candidates=2000)), obj, 8)
     assert len({t.user_attrs["arch_id"] for t in study.trials}) >= 4
+
+
+def test_predictor_under_a_ceiling_trains_only_feasible_architectures_and_ignores_skipped_ones():
+    ceiling = TARGET
+    called = []
+
+    def counting(arch: ss.Arch) -> float:
+        called.append(arch)
+        return toy_accuracy(arch)
+
+    study = run("predictor", n=16, evaluate=counting, max_latency_ms=ceiling, **FAST_OPTIONS["predictor"])
+    startup = [t for t in study.trials if t.number < FAST_OPTIONS["predictor"]["n_startup"]]
+    assert all(t.user_attrs["latency_ms"] <= ceiling for t in startup)  # the table screens before training
+    assert len(called) == sum(t.user_attrs["latency_ms"] <= ceiling for t in study.trials)
+    # a skipped (never trained) trial has no accuracy to learn from
+    evo = run("evolution", n=12, max_latency_ms=ceiling, population=8, sample_size=4)
+    hist = se.history(SPACE, evo)
+    skipped = np.array(["skipped" in t.user_attrs for t in sorted(evo.trials, key=lambda t: t.number)])
+    assert skipped.any()
+    assert np.isnan(hist.accuracy[skipped]).all() and np.isfinite(hist.accuracy[~skipped]).all()
+
+
+def test_params_and_vectors_are_inverse():
+    for v in SPACE.sample_encoded(np.random.default_rng(4), 50):
+        np.testing.assert_array_equal(se.vector_of_params(SPACE, se.params_of_vector(SPACE, v)), v)
+    with pytest.raises(se.SearchError, match=r"s0\.kernel=4 is not a choice"):
+        se.vector_of_params(SPACE, {**se.params_of_vector(SPACE, SPACE.encode(SPACE.seed)), "s0.kernel": 4})
