@@ -120,12 +120,11 @@ class PredictorSampler(ArchSampler):
         self.n_startup, self.batch_size, self.candidates, self.kappa = n_startup, batch_size, candidates, kappa
         self.max_latency_ms = max_latency_ms
         self._batches: dict[int, np.ndarray] = {}
+        self._mult = np.random.default_rng(12345).integers(1, 2**62, size=space.num_decisions) | 1  # _row_keys
         self.last_fit: dict[str, Any] = {}
 
     def _row_keys(self, vecs: np.ndarray) -> np.ndarray:
         """A 64-bit hash per decision vector (a fixed random linear map, wrapping), for fast de-duplication."""
-        if not hasattr(self, "_mult"):
-            self._mult = np.random.default_rng(12345).integers(1, 2**62, size=self.space.num_decisions) | 1
         with np.errstate(over="ignore"):
             return (vecs + 1) @ self._mult
 
