@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-latency clean
+.PHONY: install postgres run test lint bench bench-latency clean
 
 install: $(STAMP)
 
@@ -14,6 +14,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $(STAMP)
+
+# Debian's PostgreSQL server binaries for the tests that start a throwaway server (tests/pg.py); they skip without
+# them. Only the binaries are used (the package's own cluster is left alone). Never fails the build.
+PG_APT := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+	elif ! command -v apt-get >/dev/null 2>&1 || [ "$$(id -u)" != 0 ]; then \
+	  echo "make postgres: no apt-get or not root, PostgreSQL not installed: its tests will skip"; \
+	elif $(PG_APT) 2>/dev/null || { apt-get update -qq >/dev/null && $(PG_APT); }; then \
+	  echo "make postgres: installed Debian's postgresql"; \
+	else echo "make postgres: apt-get install postgresql failed: PostgreSQL tests will skip"; fi
 
 run: install
 	$(BIN)/bneck run

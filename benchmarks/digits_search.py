@@ -3,7 +3,7 @@
 Target = MobileNetV3-Small's predicted latency from this machine's table (224 px, 1 thread); hard constraint
 (alpha 0, beta -1) with the target as a latency ceiling, so nothing slower than V3-Small is trained. Every
 candidate gets the same recipe (the 3-epoch recipe of benchmarks/data, where digits accuracies still spread)
-and seed; MobileNetV3-Small itself is trial 0. The best feasible architecture found and V3-Small are then
+and seed; MobileNetV3-Small itself is trial 0. V3-Small and the top `--candidates` feasible trials (by seed 0) are then
 retrained with `--confirm-seeds` more seeds, so the comparison is not one lucky split of 360 validation images.
 The study lives in SQLite next to the JSON: rerunning resumes it.
 Usage: python benchmarks/digits_search.py [--trials 40] [--searcher predictor] [--seed 0] [--out FILE]
@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("--searcher", default="predictor", choices=list(se.STRATEGIES))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--confirm-seeds", type=int, default=2)
+    ap.add_argument("--candidates", type=int, default=3, help="top trials (by seed 0) retrained with more seeds")
     ap.add_argument("--table", default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -67,18 +68,24 @@ def main() -> None:
     seed_trial = next(t for t in done if t.user_attrs["arch_id"] == space.seed.arch_id)
     feasible = [t for t in done if t.user_attrs["latency_ms"] <= target and t.user_attrs["arch_id"] !=
                 space.seed.arch_id]
-    best = max(feasible, key=lambda t: t.user_attrs["accuracy"])
+    # seed-0 top-1 is one noisy split: confirm the top candidates with more seeds and keep the best mean
+    ranked = sorted(feasible, key=lambda t: (-t.user_attrs["accuracy"], t.user_attrs["latency_ms"]))
     confirm = list(range(1, 1 + args.confirm_seeds))
-    points = {}
-    for name, trial in (("mobilenet_v3_small", seed_trial), ("best_found", best)):
+
+    def point(trial: optuna.trial.FrozenTrial) -> dict:
         arch = ss.Arch.parse(trial.user_attrs["arch"])
         top1 = [trial.user_attrs["accuracy"]] + [trainer.evaluate(arch, data, seed=s).top1 for s in confirm]
-        points[name] = {"arch": arch.to_string(), "trial": trial.number, "latency_ms": trial.user_attrs["latency_ms"],
-                        "top1_seed0": top1[0], "top1_per_seed": top1, "top1_mean": float(np.mean(top1)),
-                        "params": trial.user_attrs["params"], "madds": trial.user_attrs["madds"]}
+        return {"arch": arch.to_string(), "trial": trial.number, "latency_ms": trial.user_attrs["latency_ms"],
+                "top1_seed0": top1[0], "top1_per_seed": top1, "top1_mean": float(np.mean(top1)),
+                "params": trial.user_attrs["params"], "madds": trial.user_attrs["madds"]}
+
+    candidates = [point(t) for t in ranked[:args.candidates]]
+    points = {"mobilenet_v3_small": point(seed_trial),
+              "best_found": max(candidates, key=lambda p: (p["top1_mean"], -p["latency_ms"]))}
     n_feasible = sum(t.user_attrs["latency_ms"] <= target for t in done)
     result = {"searcher": args.searcher, "trials": len(study.trials), "feasible_trials": n_feasible,
               "target_ms": target, "recipe": doc["recipe"], "seeds_confirmed": [0, *confirm], **points,
+              "candidates": candidates,
               "better_at_lower_or_equal_latency": points["best_found"]["top1_mean"] >
               points["mobilenet_v3_small"]["top1_mean"] and points["best_found"]["latency_ms"] <= target,
               "wall_s": time.perf_counter() - t0}

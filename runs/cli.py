@@ -17,6 +17,9 @@ from runs.errors import console_err as _err
 from runs.errors import console_out as _out
 from runs.evaluate_cli import evaluate_cmd
 from runs.latency_cli import latency_group
+from runs.pipeline import run_cmd
+from runs.report_cli import export_run, is_run_dir, report_cmd
+from runs.search_cli import search_cmd
 from search_space.paths import RUNS_DIR
 
 
@@ -32,6 +35,9 @@ def cli() -> None:
 
 cli.add_command(latency_group)
 cli.add_command(evaluate_cmd)
+cli.add_command(search_cmd)
+cli.add_command(run_cmd)
+cli.add_command(report_cmd)
 
 
 # ---- bneck space ------------------------------------------------------------------------------------
@@ -178,26 +184,39 @@ def space_sample(space_name: str, n: int, seed: int, width_mult: float, resoluti
 # ---- bneck export -----------------------------------------------------------------------------------
 @cli.command("export")
 @click.argument("spec_or_preset")
-@click.option("--format", "fmt", type=click.Choice(ss.export.FORMATS), default="onnx", show_default=True)
+@click.option("--format", "fmt", type=click.Choice([*ss.export.FORMATS, "timm"]), default="onnx", show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Output file (default: ./bneck_runs/export/<name>.<ext>).")
+              help="Output file (default: ./bneck_runs/export/<name>.<ext>; a run's: RUN/export/trial_N.<ext>).")
+@click.option("--trial", type=int, default=None, help="Run dir only: the trial to export [default: the best].")
+@click.option("--best", is_flag=True, help="Run dir only: export the best trial (the default).")
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A state dict (.pt) to load before exporting.")
 @click.option("--width-mult", type=float, default=None)
 @click.option("--resolution", type=int, default=None)
 @click.option("--num-classes", type=int, default=None)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def export_cmd(spec_or_preset: str, fmt: str, out: Path | None, weights: Path | None, width_mult: float | None,
-               resolution: int | None, num_classes: int | None, as_json: bool) -> None:
-    """Export a preset or spec as JSON, ONNX (single file, checked against torch) or TorchScript."""
+def export_cmd(spec_or_preset: str, fmt: str, out: Path | None, trial: int | None, best: bool, weights: Path | None,
+               width_mult: float | None, resolution: int | None, num_classes: int | None, as_json: bool) -> None:
+    """Export a preset, a spec or a run dir's trial as JSON, ONNX (single file, checked against torch),
+    TorchScript or a timm architecture definition."""
+    if is_run_dir(spec_or_preset):
+        if trial is not None and best:
+            raise UserError("--trial and --best: choose one")
+        return export_run(spec_or_preset, fmt, out, trial, as_json, {"weights": weights, "width_mult": width_mult,
+                                                                     "resolution": resolution,
+                                                                     "num_classes": num_classes})
+    if trial is not None or best:
+        raise UserError(f"--trial/--best: only for a run dir, and {spec_or_preset!r} is not a directory")
     try:
         arch = ss.load_arch(spec_or_preset, width_mult, resolution, num_classes)
         if out is None:
             stem = spec_or_preset if spec_or_preset in ss.PRESETS else arch.arch_id
-            ext = {"json": "json", "onnx": "onnx", "torchscript": "pt"}[fmt]
+            ext = {"json": "json", "onnx": "onnx", "torchscript": "pt", "timm": "timm.json"}[fmt]
             out = RUNS_DIR / "export" / f"{stem}.{ext}"
+        if fmt == "timm" and weights is not None:
+            raise ss.SpecError("--weights has no meaning for --format timm (the definition holds no weights)")
         with _err.status(f"exporting {fmt} ..."):
-            info = ss.export_arch(arch, out, fmt, weights)
+            info = ss.export_timm(arch, out) if fmt == "timm" else ss.export_arch(arch, out, fmt, weights)
     except ss.SpecError as exc:
         raise _fail(exc) from None
     except ss.ExportError as exc:
@@ -207,23 +226,6 @@ def export_cmd(spec_or_preset: str, fmt: str, out: Path | None, weights: Path | 
     else:
         extra = f", max |onnx - torch| = {info['max_abs_diff']:.2g}" if "max_abs_diff" in info else ""
         click.echo(f"wrote {info['path']} ({info['bytes']:,} bytes{extra})")
-
-
-# ---- bneck run: the main job ------------------------------------------------------------------------
-@cli.command("run")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
-def run_cmd(as_json: bool) -> None:
-    """The main job on the embedded defaults. For now: the four presets side by side."""
-    rows = [_summary_row(n, f()) for n, f in ss.PRESETS.items()]
-    if as_json:
-        click.echo(json.dumps({"presets": rows}, indent=2))
-        return
-    _print_presets(rows)
-    for name, make in ss.SPACES.items():
-        sp = make()
-        seed = name.removesuffix("_space")
-        held = "contains" if sp.contains(ss.preset(seed)) else "does NOT contain"
-        _out.print(f"{name}: 10^{sp.log10_size:.1f} architectures, {held} {seed}")
 
 
 def main() -> None:

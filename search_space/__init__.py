@@ -36,6 +36,7 @@ from search_space.spec import (
     make_divisible,
     se_channels,
 )
+from search_space.timm_def import arch_from_timm, export_timm, to_timm
 
 __all__ = [
     "PRESETS",
@@ -54,11 +55,13 @@ __all__ = [
     "SpecError",
     "Stage",
     "Stem",
+    "arch_from_timm",
     "build_layer",
     "build_model",
     "count",
     "count_encoded",
     "export_arch",
+    "export_timm",
     "format_arch",
     "get_space",
     "layer_cost",
@@ -80,5 +83,6 @@ __all__ = [
     "preset",
     "se_channels",
     "space_around",
+    "to_timm",
     "verify_onnx",
 ]

@@ -94,7 +94,10 @@ class SearchObjective:
     def directions(self) -> list[str]:
         return ["maximize"] if self.mode == "reward" else ["maximize", "minimize"]
 
-    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+    def begin(self, trial: optuna.Trial) -> Pending:
+        """First half of a trial: the architecture, its predicted latency and cost, the constraint. A driver
+        that evaluates elsewhere (worker processes, Ray) calls this, evaluates `pending.arch` unless
+        `pending.skip`, then calls `finish`."""
         t0 = time.perf_counter()
         arch = self.space.suggest(trial)
         latency = float(self.latency_ms(arch))
@@ -107,24 +110,45 @@ class SearchObjective:
         infeasible = self.max_latency_ms is not None and latency > self.max_latency_ms
         if self.max_latency_ms is not None:
             trial.set_constraint("latency", latency - self.max_latency_ms)
-        if infeasible and not self.train_infeasible:
+        return Pending(arch, latency, infeasible and not self.train_infeasible, t0)
+
+    def finish(self, trial: optuna.Trial, pending: Pending, result: float | Evaluation | None = None
+               ) -> float | tuple[float, float]:
+        """Second half: record the evaluation and return the objective value(s); raises `EvaluationFailed`
+        for a failed evaluation (the caller tells the study FAIL). `result` is ignored for skipped trials."""
+        if pending.skip:
             result = Evaluation(0.0, info={"skipped": "latency over the ceiling"})
-        else:
-            out = self.evaluate(arch)
-            result = out if isinstance(out, Evaluation) else Evaluation(float(out))
+        elif result is None:
+            raise SearchError("finish() needs the evaluation of a trial that was not skipped")
+        elif not isinstance(result, Evaluation):
+            result = Evaluation(float(result))
         for key, value in result.info.items():
             trial.set_user_attr(key, value)
-        trial.set_user_attr("eval_s", time.perf_counter() - t0)
+        trial.set_user_attr("eval_s", time.perf_counter() - pending.started)
         if result.failed or not math.isfinite(result.accuracy):
             trial.set_user_attr("fail_reason", result.reason or f"accuracy {result.accuracy}")
             raise EvaluationFailed(result.reason or f"accuracy {result.accuracy}")
         trial.set_user_attr(ACCURACY_ATTR, float(result.accuracy))
         if self.mode == "pareto":
-            return float(result.accuracy), latency
+            return float(result.accuracy), pending.latency_ms
         assert self.reward is not None
-        value = self.reward(result.accuracy, latency)
+        value = self.reward(result.accuracy, pending.latency_ms)
         trial.set_user_attr("reward", value)
         return value
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        pending = self.begin(trial)
+        return self.finish(trial, pending, None if pending.skip else self.evaluate(pending.arch))
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A trial between `SearchObjective.begin` and `finish`: what to evaluate (unless `skip`)."""
+
+    arch: Arch
+    latency_ms: float
+    skip: bool
+    started: float
 
 
 class EvaluationFailed(RuntimeError):

@@ -197,23 +197,6 @@ def test_export_human_output(tmp_path):
     assert result.stdout.startswith(f"wrote {out} (")
 
 
-# ---- run ----------------------------------------------------------------------------------------------------------
-def test_run_json():
-    data = ok_json("run", "--json")
-    assert len(data["presets"]) == 4
-    by_name = {r["name"]: r for r in data["presets"]}
-    assert by_name["mobilenet_v3_small"]["params"] == 2_542_856
-    assert by_name["mobilenet_v1"]["madds"] == 568_740_352
-
-
-def test_run_reports_that_spaces_contain_their_seeds():
-    result = invoke("run")
-    assert result.exit_code == 0
-    assert "mobilenet_v3_large_space: 10^26.1 architectures, contains mobilenet_v3_large" in result.stdout
-    assert "mobilenet_v3_small_space: 10^20.6 architectures, contains mobilenet_v3_small" in result.stdout
-    assert "NOT" not in result.stdout
-
-
 # ---- user mistakes ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("args", "fragments"), [
     (["space", "show", "mobilenet_v5"], ["'mobilenet_v5' is no preset", "mobilenet_v3_small"]),

@@ -1,0 +1,193 @@
+"""A run's configuration: one pydantic model for the YAML file and the command-line flags.
+
+Flags override the file; the resolved model (with the target latency and table path filled in) is saved as
+the run dir's `config.yaml`, so `--resume DIR` continues exactly the search that was started.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+import search_space as ss
+from evaluators import Recipe, RecipeError
+from searchers import OPTIONS, PARETO_STRATEGIES, PRESETS, STRATEGIES
+
+
+class ConfigError(ValueError):
+    """A bad key or value in a run config; the message names it."""
+
+
+# Settings a resumed run may change; everything else defines the search and is fixed once it started.
+PIPELINE_KEYS = ("exports",)  # what `bneck run` does after the search (runs.pipeline)
+RESUMABLE = ("trials", "workers", "threads", "backend", "address", "keep_weights", "progress")
+
+
+class RunConfig(BaseModel):
+    """Everything that defines a search run. Field docs are what `bneck search --help` and errors refer to."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    name: str = Field("search", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="run name (run dir prefix)")
+    space: str = Field("mobilenet_v3_small_space", description="search space: a name or a space .json file")
+    width_mult: float = Field(1.0, gt=0, le=4)
+    data: str = Field("builtin:digits", description="builtin:digits, an image folder or a .npz")
+    resolution: int = Field(32, ge=32, le=1024, description="proxy-training resolution (px)")
+    epochs: float = Field(3.0, gt=0, description="proxy-training epochs per candidate")
+    recipe: dict[str, Any] = Field(default_factory=dict, description="other training-recipe fields")
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
+    eval_cache: bool = Field(True, description="reuse cached evaluations (~/.cache/bneck/evals)")
+    table: Path | None = Field(None, description="latency table (default: this device's cached table)")
+    build_table: bool = Field(True, description="build the table first when it is missing")
+    latency_resolution: int = Field(224, ge=32, le=2048, description="resolution the latency is predicted at")
+    latency_threads: int = Field(1, ge=1, le=256)
+    target_ms: float | None = Field(None, gt=0, description="reward target (default: the space's preset)")
+    reward: str = Field("mobilenet_v3", description="reward preset: mnasnet | mobilenet_v3 | hard")
+    alpha: float | None = Field(None, le=0, description="reward exponent at or under the target")
+    beta: float | None = Field(None, le=0, description="reward exponent over the target")
+    mode: Literal["reward", "pareto"] = "reward"
+    max_latency_ms: float | None = Field(None, gt=0, description="hard ceiling: slower nets are not trained")
+    searcher: str = Field("tpe", description="search strategy")
+    searcher_options: dict[str, Any] = Field(default_factory=dict)
+    trials: int = Field(20, ge=1, le=1_000_000, description="budget of finished trials")
+    enqueue_preset: bool = Field(True, description="evaluate the space's preset first, as the reference point")
+    workers: int = Field(1, ge=1, le=4096, description="trials evaluated at once")
+    threads: int | None = Field(None, ge=1, le=256, description="torch threads per trial (default: cores/workers)")
+    backend: Literal["local", "ray"] = "local"
+    address: str | None = Field(None, description="Ray cluster: auto or HOST:PORT (default: start one)")
+    storage: str | None = Field(None, description="Optuna storage URL (default: sqlite in the run dir)")
+    seed: int = Field(0, ge=0, description="seeds the searcher and every training run")
+    keep_weights: int = Field(5, ge=0, description="trained weights kept for the best N trials")
+    progress: bool = Field(True, description="live progress table")
+
+    @field_validator("space")
+    @classmethod
+    def _known_space(cls, v: str) -> str:
+        if v in ss.SPACES:
+            return v
+        if v.endswith(".json"):
+            if not Path(v).is_file():
+                raise ValueError(f"space file {v} does not exist")
+            return str(Path(v).resolve())
+        raise ValueError(f"unknown space {v!r} (known: {', '.join(ss.SPACES)}, or a .json space definition)")
+
+    @field_validator("reward")
+    @classmethod
+    def _known_reward(cls, v: str) -> str:
+        if v not in PRESETS:
+            raise ValueError(f"unknown reward preset {v!r} (known: {', '.join(PRESETS)})")
+        return v
+
+    @field_validator("searcher")
+    @classmethod
+    def _known_searcher(cls, v: str) -> str:
+        if v not in STRATEGIES:
+            raise ValueError(f"unknown searcher {v!r} (known: {', '.join(STRATEGIES)})")
+        return v
+
+    @field_validator("storage")
+    @classmethod
+    def _storage_url(cls, v: str | None) -> str | None:
+        if v is not None and "://" not in v:
+            raise ValueError(f"{v!r} is not a database URL (e.g. sqlite:///study.db, postgresql+psycopg://...)")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        unknown = sorted(set(self.searcher_options) - set(OPTIONS[self.searcher]))
+        if unknown:
+            raise ValueError(f"searcher_options: {unknown[0]!r} is not an option of {self.searcher} "
+                             f"(allowed: {', '.join(OPTIONS[self.searcher]) or 'none'})")
+        if self.mode == "pareto" and self.searcher not in PARETO_STRATEGIES:
+            raise ValueError(f"searcher: {self.searcher} optimizes the reward; mode pareto takes "
+                             f"{', '.join(PARETO_STRATEGIES)}")
+        if self.address is not None and self.backend != "ray":
+            raise ValueError("address: only meaningful with backend ray")
+        try:
+            self.training_recipe()
+        except (RecipeError, TypeError) as exc:
+            raise ValueError(f"recipe: {exc}") from None
+        return self
+
+    def training_recipe(self) -> Recipe:
+        """The proxy-training recipe of every candidate (threads per worker filled in)."""
+        unknown = sorted(set(self.recipe) - set(Recipe.__dataclass_fields__) - {"epochs", "threads"})
+        if unknown:
+            raise RecipeError(f"unknown field {unknown[0]!r} (known: {', '.join(Recipe.__dataclass_fields__)})")
+        extra = {k: v for k, v in self.recipe.items() if k not in ("epochs", "threads")}
+        return Recipe(**{**extra, "epochs": self.epochs, "threads": self.worker_threads()})
+
+    def worker_threads(self) -> int:
+        if self.threads is not None:
+            return self.threads
+        if self.backend == "ray":
+            return 1
+        return max(1, (os.cpu_count() or 1) // self.workers)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        return f"unknown key {loc!r} (known: {', '.join(RunConfig.model_fields)})"
+    if not loc:  # a model-level check already names its field
+        return msg
+    if err["type"] == "value_error":  # our validators name the bad value themselves
+        return f"{loc}: {msg}"
+    return f"{loc}: {msg} (got {err.get('input')!r})"
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """The mapping in a YAML config file; errors name the file."""
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"config {path}: cannot read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config {path}{where}: not valid YAML") from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise ConfigError(f"config {path}: expected a mapping of keys to values, got {type(doc).__name__}")
+    return doc
+
+
+def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """File values, then the given overrides (None values are 'not given'), validated as one model."""
+    values = read_yaml(path) if path is not None else {}
+    for key in PIPELINE_KEYS:  # a `bneck run` pipeline file is also a valid search config
+        values.pop(key, None)
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    where = f"config {path}: " if path is not None else ""
+    try:
+        return RunConfig.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError(where + _first_error(exc)) from None
+
+
+def resume_config(saved: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """The saved config of a run with the few settings a resume may change."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    for key, value in given.items():
+        if key not in RESUMABLE and getattr(saved, key, None) != value:
+            raise ConfigError(f"{key}: cannot change on resume (the run was started with {getattr(saved, key)!r}; "
+                              f"resumable: {', '.join(RESUMABLE)})")
+    try:
+        return RunConfig.model_validate({**saved.model_dump(), **given})
+    except ValidationError as exc:
+        raise ConfigError(_first_error(exc)) from None
+
+
+def default_run_dir(config: RunConfig, root: Path) -> Path:
+    return root / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -1,0 +1,329 @@
+"""A search run: resolve the config, then one driver asks the study, workers train, the driver tells.
+
+Why a driver with ask/tell rather than K independent `study.optimize` loops (or Ray Tune's `OptunaSearch`):
+the driver is the only writer, so the budget is exact (no K-1 overshoot), a dead worker's trial is re-queued
+by the one process that knows it, and every strategy's state stays where it already lives, in the study. The
+workers (processes here, Ray tasks on a cluster) only train, from plain arch strings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+import latency as lat
+import search_space as ss
+import searchers as se
+from evaluators import ImageData, ProxyTrainer, load_data
+from runs.config import RunConfig
+from runs.executors import Executor, WorkerLost, make_executor
+from runs.rundir import (
+    INTERRUPTED,
+    REFERENCE,
+    RunDir,
+    RunError,
+    best_row,
+    counted,
+    pareto_doc,
+    trials_frame,
+)
+from runs.worker import TrialOutcome, TrialTask
+
+STUDY_NAME = "bneck"
+log = logging.getLogger("bneck.run")
+
+
+@dataclass
+class Setup:
+    """Everything the driver and the reports derive from a config."""
+
+    config: RunConfig
+    data: ImageData
+    space: ss.SearchSpace
+    table: lat.LatencyTable
+    table_path: Path
+    latency: se.LatencyModel
+    target_ms: float
+    reward: se.Reward
+    objective: se.SearchObjective
+
+
+def search_space_of(config: RunConfig, num_classes: int | None, resolution: int) -> ss.SearchSpace:
+    """The config's space (a registered name, or a `SearchSpace.to_dict()` JSON file) at a resolution and
+    class count; `num_classes` None keeps the file's (named spaces: 1000, the deployed ImageNet head)."""
+    if config.space in ss.SPACES:
+        return ss.get_space(config.space, config.width_mult, 1000 if num_classes is None else num_classes, resolution)
+    try:
+        doc = json.loads(Path(config.space).read_text())
+    except (OSError, ValueError) as exc:
+        raise RunError(f"space: cannot read {config.space} as JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise RunError(f"space: {config.space} is not a search space definition")
+    classes = doc.get("num_classes") if num_classes is None else num_classes
+    return ss.SearchSpace.from_dict({**doc, "num_classes": classes, "resolution": resolution})
+
+
+def table_space(config: RunConfig) -> ss.SearchSpace:
+    return search_space_of(config, None, config.latency_resolution)
+
+
+def resolve_table(config: RunConfig, show_progress: bool = True) -> tuple[lat.LatencyTable, Path]:
+    """The config's table, or this device's cached table for the space (built first when allowed)."""
+    if config.table is not None:
+        if not config.table.is_file():
+            raise RunError(f"table: {config.table} does not exist")
+        return lat.LatencyTable.load(config.table), config.table
+    tspace = table_space(config)
+    path = lat.default_table_path(tspace, config.latency_resolution, config.latency_threads)
+    if path.is_file():
+        return lat.LatencyTable.load(path), path
+    if not config.build_table:
+        raise RunError(f"table: no cached table at {path}; build it (`bneck latency build --space {config.space} "
+                       f"--resolution {config.latency_resolution}`) or drop --no-build-table")
+    partial = path.with_name(path.name + ".kit").is_dir()
+    return lat.build_table(tspace, config.latency_resolution, config.latency_threads, resume=partial,
+                           show_progress=show_progress)
+
+
+def make_setup(config: RunConfig, show_progress: bool = True) -> Setup:
+    data = load_data(config.data, resolution=config.resolution, seed=config.seed, progress=show_progress)
+    space = search_space_of(config, data.num_classes, config.resolution)
+    table, table_path = resolve_table(config, show_progress)
+    model = se.LatencyModel(table, space)
+    target = config.target_ms if config.target_ms is not None else model.ms(space.seed)
+    reward = se.Reward.preset(config.reward, target)
+    if config.alpha is not None or config.beta is not None:
+        reward = se.Reward(target, reward.alpha if config.alpha is None else config.alpha,
+                           reward.beta if config.beta is None else config.beta)
+    trainer = ProxyTrainer(config.training_recipe(), device=config.device)
+    objective = se.SearchObjective(space, model, se.TrainingEvaluator(trainer, data, seed=config.seed), reward,
+                                   mode=config.mode, max_latency_ms=config.max_latency_ms)
+    return Setup(config, data, space, table, table_path, model, target, reward, objective)
+
+
+def resolved(config: RunConfig, setup: Setup) -> RunConfig:
+    """The config as saved in the run dir: the defaults that depend on this machine are made explicit."""
+    return config.model_copy(update={"table": setup.table_path.resolve(), "target_ms": setup.target_ms})
+
+
+def open_study(setup: Setup, run: RunDir) -> optuna.Study:
+    c = setup.config
+    options = dict(c.searcher_options)
+    sampler = se.make_sampler(c.searcher, setup.space, c.seed, latency=setup.latency, reward=setup.reward,
+                              max_latency_ms=c.max_latency_ms, mode=c.mode, **options)
+    return optuna.create_study(storage=run.storage_url(c.storage), sampler=sampler, study_name=STUDY_NAME,
+                               directions=setup.objective.directions, load_if_exists=True)
+
+
+def recover(study: optuna.Study) -> int:
+    """Trials left RUNNING by a killed driver are marked interrupted (FAIL) and queued again with the same
+    architecture, so the re-run replaces them. Only the run's single driver calls this."""
+    storage = study._storage
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        storage.set_trial_user_attr(t._trial_id, INTERRUPTED, True)
+        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        _requeue(study, t.params, t.user_attrs)
+        n += 1
+    return n
+
+
+def _requeue(study: optuna.Study, params: dict[str, Any], attrs: dict[str, Any]) -> None:
+    """Queue an interrupted trial's architecture again. A trial stopped while its architecture was still being
+    suggested (no `arch` yet) has partial params: nothing is queued, the sampler proposes a new trial instead."""
+    if "arch" not in attrs:
+        return
+    keep = {k: attrs[k] for k in (REFERENCE,) if k in attrs}
+    study.enqueue_trial(params, user_attrs=keep, skip_if_exists=False)
+
+
+def _interrupt(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
+    trial.set_user_attr(INTERRUPTED, True)
+    trial.set_user_attr("fail_reason", reason)
+    params = dict(trial.params)
+    attrs = dict(trial.user_attrs)
+    study.tell(trial, state=TrialState.FAIL)
+    _requeue(study, params, attrs)
+
+
+class Driver:
+    """Runs a study to its budget with an executor; writes the run dir's outputs as trials finish."""
+
+    def __init__(self, setup: Setup, run: RunDir, study: optuna.Study, executor: Executor,
+                 on_update: Any = None) -> None:
+        self.setup, self.run, self.study, self.executor = setup, run, study, executor
+        self.on_update = on_update or (lambda driver: None)
+        self.inflight: dict[Any, tuple[optuna.Trial, se.Pending]] = {}
+        self.started = time.time()
+        self.recent_s: list[float] = []
+        self.errors_in_row = 0
+        self.lost = 0
+        self.asking: optuna.Trial | None = None
+
+    # ---- bookkeeping ---------------------------------------------------------------------------------
+    def done(self) -> int:
+        return sum(counted(t) for t in self.study.get_trials(deepcopy=False))
+
+    def frame(self) -> pd.DataFrame:
+        c = self.setup.config
+        return trials_frame(self.study, self.setup.reward, c.max_latency_ms)
+
+    def write_outputs(self, status: str) -> pd.DataFrame:
+        frame = self.frame()
+        self.run.write_trials(frame)
+        self.run.write_json(self.run.pareto, pareto_doc(frame))
+        best = best_row(frame)
+        c = self.setup.config
+        self.run.write_json(self.run.run_json, {
+            "status": status, "budget": c.trials, "finished": int(len(frame) - (frame["state"] == "RUNNING").sum()),
+            "complete": int((frame["state"] == "COMPLETE").sum()), "failed": int((frame["state"] == "FAIL").sum()),
+            "interrupted_reruns": self.lost, "target_ms": self.setup.target_ms,
+            "table": str(self.setup.table_path), "space": c.space, "data": c.data,
+            "num_classes": self.setup.data.num_classes, "resolution": c.resolution,
+            "latency_resolution": self.setup.table.resolution, "storage": self.run.storage_url(c.storage),
+            "study_name": STUDY_NAME, "best_trial": None if best is None else int(best["trial"]),
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), "wall_s": time.time() - self.started})
+        return frame
+
+    def _keep_weights(self, frame: pd.DataFrame) -> None:
+        keep_n = self.setup.config.keep_weights
+        ok = frame[frame["reward"].notna()].sort_values("reward", ascending=False)
+        keep = set(ok["trial"].head(keep_n)) | set(frame.loc[frame["reference"], "trial"])
+        b = best_row(frame)
+        if b is not None:
+            keep.add(int(b["trial"]))
+        if self.run.weights.is_dir():
+            for f in self.run.weights.glob("trial_*.pt"):
+                if int(f.stem.removeprefix("trial_")) not in keep:
+                    f.unlink(missing_ok=True)
+
+    # ---- the loop ------------------------------------------------------------------------------------
+    def _task(self, trial: optuna.Trial, arch: ss.Arch) -> TrialTask:
+        c = self.setup.config
+        recipe = dataclasses.asdict(c.training_recipe())
+        return TrialTask(trial.number, arch.to_string(), c.data, c.resolution, recipe, c.seed, c.device,
+                         c.eval_cache, c.keep_weights > 0)
+
+    def _ask(self) -> None:
+        trial = self.study.ask()
+        self.asking = trial
+        pending = self.setup.objective.begin(trial)
+        self.asking = None
+        if pending.skip:
+            self._tell(trial, pending, None)
+            return
+        self.inflight[self.executor.submit(self._task(trial, pending.arch))] = (trial, pending)
+        self.write_outputs("running")  # the new RUNNING row is visible to anyone watching the run
+
+    def _tell(self, trial: optuna.Trial, pending: se.Pending, outcome: TrialOutcome | None) -> None:
+        result = None
+        if outcome is not None:
+            trial.set_user_attr("worker", outcome.worker)
+            result = se.Evaluation(outcome.accuracy, outcome.failed, outcome.reason, outcome.info)
+        try:
+            values = self.setup.objective.finish(trial, pending, result)
+        except se.EvaluationFailed:
+            self.study.tell(trial, state=TrialState.FAIL)
+        else:
+            if outcome is not None and outcome.weights is not None:
+                self.run.weights.mkdir(exist_ok=True)
+                path = self.run.weights_of(trial.number)
+                path.with_suffix(".tmp").write_bytes(outcome.weights)
+                path.with_suffix(".tmp").replace(path)
+            self.study.tell(trial, values)
+        self.recent_s.append(time.perf_counter() - pending.started)
+
+    def _collect(self, timeout: float) -> None:
+        for handle, out in self.executor.wait(list(self.inflight), timeout):
+            trial, pending = self.inflight.pop(handle)
+            if isinstance(out, WorkerLost):
+                self.lost += 1
+                log.warning("trial %d: %s; it runs again", trial.number, out)
+                _interrupt(self.study, trial, str(out))
+            elif isinstance(out, BaseException):
+                self.errors_in_row += 1
+                trial.set_user_attr("fail_reason", f"{type(out).__name__}: {out}")
+                self.study.tell(trial, state=TrialState.FAIL)
+                log.error("trial %d failed in the worker: %s: %s", trial.number, type(out).__name__, out)
+                if self.errors_in_row >= 3:
+                    raise RunError(f"3 trials in a row raised in the worker (last: {type(out).__name__}: {out}); "
+                                   f"see {self.run.logs}/driver.log")
+            else:
+                self.errors_in_row = 0
+                self._tell(trial, pending, out)
+            frame = self.write_outputs("running")
+            self._keep_weights(frame)
+            self.on_update(self)
+
+    def run_to_budget(self) -> pd.DataFrame:
+        budget = self.setup.config.trials
+        try:
+            while True:
+                while len(self.inflight) < self.executor.slots and self.done() + len(self.inflight) < budget:
+                    self._ask()
+                    self.on_update(self)
+                if not self.inflight:
+                    break
+                self._collect(timeout=0.5)
+        except BaseException:  # Ctrl-C, SIGTERM or an error: the running trials are re-queued for the resume
+            stopped = [trial for trial, _ in self.inflight.values()]
+            if self.asking is not None:
+                stopped.append(self.asking)
+            for trial in stopped:
+                _interrupt(self.study, trial, "driver stopped")
+            self.inflight.clear()
+            self.write_outputs("interrupted")
+            raise
+        return self.write_outputs("done")
+
+
+def enqueue_reference(study: optuna.Study, space: ss.SearchSpace) -> None:
+    """The space's preset (e.g. MobileNetV3-Small) as trial 0: the point every report compares against."""
+    if not study.get_trials(deepcopy=False):
+        study.enqueue_trial(se.params_of_vector(space, space.encode(space.seed)), user_attrs={REFERENCE: True})
+
+
+def run_search(setup: Setup, run: RunDir, on_update: Any = None) -> tuple[pd.DataFrame, Driver]:
+    """Drive the run's study to its budget (resuming whatever is in its storage)."""
+    c = setup.config
+    study = open_study(setup, run)
+    n = recover(study)
+    if n:
+        log.info("re-queued %d interrupted trial(s)", n)
+    if c.enqueue_preset:
+        enqueue_reference(study, setup.space)
+    executor = make_executor(c.backend, c.workers, c.worker_threads(), c.address, c.device)
+    driver = Driver(setup, run, study, executor, on_update)
+    driver.lost = n
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        frame = driver.run_to_budget()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        executor.close()
+    return frame, driver
+
+
+def eta_s(driver: Driver) -> float:
+    budget = driver.setup.config.trials
+    left = budget - driver.done()
+    if not driver.recent_s or left <= 0:
+        return math.nan if left > 0 else 0.0
+    per = sum(driver.recent_s[-20:]) / len(driver.recent_s[-20:])
+    return left * per / max(1, driver.executor.slots)

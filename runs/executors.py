@@ -1,0 +1,154 @@
+"""Where trials are evaluated: K local worker processes, or Ray tasks on a cluster. Same narrow interface.
+
+The driver owns the study (ask/tell) and the budget; executors only train. A lost worker (killed process,
+dead node) is reported as `WorkerLost` so the driver re-runs that trial; it never takes the search down.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing as mp
+import os
+import tempfile
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from runs.worker import TrialOutcome, TrialTask, evaluate_task, init_worker
+
+
+class WorkerLost(RuntimeError):
+    """The process (or node) evaluating a trial died; the trial must run again."""
+
+
+class ExecutorError(RuntimeError):
+    """The backend cannot start (e.g. no Ray cluster at the address); the message says what to do."""
+
+
+class Executor(Protocol):
+    slots: int
+
+    def submit(self, task: TrialTask) -> Any: ...
+
+    def wait(self, handles: Iterable[Any], timeout: float) -> list[tuple[Any, TrialOutcome | BaseException]]: ...
+
+    def close(self) -> None: ...
+
+
+def _local_worker_init(threads: int) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's: it re-queues the running trials
+    init_worker(threads)
+
+
+class LocalExecutor:
+    """K spawned worker processes (fresh interpreters: no torch state shared with the driver)."""
+
+    def __init__(self, workers: int, threads: int) -> None:
+        self.slots, self.threads = workers, threads
+        self._pool: cf.ProcessPoolExecutor | None = None
+
+    def _ensure(self) -> cf.ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = cf.ProcessPoolExecutor(self.slots, mp_context=mp.get_context("spawn"),
+                                                initializer=_local_worker_init, initargs=(self.threads,))
+        return self._pool
+
+    def submit(self, task: TrialTask) -> cf.Future[TrialOutcome]:
+        try:
+            return self._ensure().submit(evaluate_task, task)
+        except cf.process.BrokenProcessPool:
+            self._restart()
+            return self._ensure().submit(evaluate_task, task)
+
+    def wait(self, handles: Iterable[Any], timeout: float) -> list[tuple[Any, TrialOutcome | BaseException]]:
+        handles = list(handles)
+        done, pending = cf.wait(handles, timeout=timeout, return_when=cf.FIRST_COMPLETED)
+        out: list[tuple[Any, TrialOutcome | BaseException]] = []
+        broken = False
+        for fut in done:
+            try:
+                out.append((fut, fut.result()))
+            except cf.process.BrokenProcessPool:
+                broken = True
+                out.append((fut, WorkerLost("its worker process died")))
+            except Exception as exc:
+                out.append((fut, exc))
+        if broken:
+            # a dead process breaks the whole pool: the other running trials are lost with it (re-queued by the
+            # driver); a fresh pool takes the next submissions
+            out.extend((fut, WorkerLost("another worker process died and took the pool down")) for fut in pending)
+            self._restart()
+        return out
+
+    def _restart(self) -> None:
+        self._terminate()
+        self._pool = None
+
+    def _terminate(self) -> None:
+        if self._pool is None:
+            return
+        procs = list(getattr(self._pool, "_processes", {}).values())
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        for p in procs:
+            p.join(timeout=5)
+
+    def close(self) -> None:
+        self._terminate()
+        self._pool = None
+
+
+class RayExecutor:
+    """Ray tasks, one per trial, each reserving `threads` CPUs (or one GPU with device cuda).
+
+    Ray retries a task whose worker died (`max_retries`); if it still fails, the driver re-queues the trial.
+    With no address a private local Ray instance starts (and stops with the run)."""
+
+    def __init__(self, workers: int, threads: int, address: str | None, device: str = "cpu") -> None:
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        import ray
+
+        self.slots, self.threads, self._ray = workers, threads, ray
+        kw: dict[str, Any] = {"log_to_driver": False, "configure_logging": False, "include_dashboard": False}
+        try:
+            if address is None:
+                self._tmp = tempfile.mkdtemp(prefix="bneck-ray-", dir="/tmp")
+                ray.init(num_cpus=workers * threads, _temp_dir=self._tmp, **kw)
+            else:
+                ray.init(address=address, **kw)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ExecutorError(f"address: cannot join the Ray cluster at {address}: {first}") from None
+        gpus = 1 if device.startswith("cuda") else 0
+        self._remote = ray.remote(evaluate_task).options(num_cpus=threads, num_gpus=gpus, max_retries=2)
+
+    def submit(self, task: TrialTask) -> Any:
+        return self._remote.remote(task)
+
+    def wait(self, handles: Iterable[Any], timeout: float) -> list[tuple[Any, TrialOutcome | BaseException]]:
+        ray = self._ray
+        refs = list(handles)
+        ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
+        out: list[tuple[Any, TrialOutcome | BaseException]] = []
+        for ref in ready:
+            try:
+                out.append((ref, ray.get(ref)))
+            except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
+                    ray.exceptions.OwnerDiedError, ray.exceptions.ObjectLostError) as exc:
+                out.append((ref, WorkerLost(f"Ray worker lost ({type(exc).__name__})")))
+            except ray.exceptions.RayTaskError as exc:
+                out.append((ref, exc.as_instanceof_cause() if hasattr(exc, "as_instanceof_cause") else exc))
+        return out
+
+    def close(self) -> None:
+        self._ray.shutdown()
+
+
+def make_executor(backend: str, workers: int, threads: int, address: str | None = None,
+                  device: str = "cpu") -> Executor:
+    if backend == "ray":
+        return RayExecutor(workers, threads, address, device)
+    return LocalExecutor(workers, threads)

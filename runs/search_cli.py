@@ -1,0 +1,192 @@
+"""`bneck search`: start or resume a run (one machine or a Ray cluster), with live progress."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.live import Live
+from rich.table import Table
+
+import latency as lat
+import search_space as ss
+import searchers as se
+from evaluators import DataError, RecipeError
+from runs.config import ConfigError, RunConfig, default_run_dir, load_config, resume_config
+from runs.engine import Driver, Setup, eta_s, make_setup, resolved, run_search
+from runs.errors import UserError, console_err, console_out
+from runs.executors import ExecutorError
+from runs.rundir import RunDir, RunError, best_row
+from search_space.paths import RUNS_DIR
+
+USER_ERRORS = (ConfigError, RunError, ExecutorError, DataError, RecipeError, ss.SpecError, se.SearchError,
+               se.RewardError, lat.LatencyError)
+
+
+def _fmt_s(s: float) -> str:
+    if not math.isfinite(s):
+        return "–"
+    s = int(s)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def progress_table(driver: Driver) -> Table:
+    """The live view: trials done / running / failed, the best so far, the ETA."""
+    frame = driver.frame()
+    c = driver.setup.config
+    done = int(frame["state"].isin(["COMPLETE", "FAIL"]).sum())
+    failed = int((frame["state"] == "FAIL").sum())
+    best = best_row(frame)
+    t = Table(title=f"bneck search · {c.searcher} · {c.space} · target {driver.setup.target_ms:.3f} ms",
+              title_justify="left")
+    for col in ("done", "running", "failed", "best reward", "best top-1", "best latency", "elapsed", "ETA"):
+        t.add_column(col, justify="right")
+    t.add_row(f"{done}/{c.trials}", str(len(driver.inflight)), str(failed),
+              "–" if best is None else f"{best['reward']:.4f}",
+              "–" if best is None else f"{100 * best['accuracy']:.2f}%",
+              "–" if best is None else f"{best['latency_ms']:.3f} ms",
+              _fmt_s(time.time() - driver.started), _fmt_s(eta_s(driver)))
+    return t
+
+
+def _setup_logging(run: RunDir) -> None:
+    run.logs.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run.logs / "driver.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger = logging.getLogger("bneck.run")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def start_run(config: RunConfig | None, out: Path | None, resume: Path | None,
+              overrides: dict[str, Any]) -> tuple[RunDir, Setup]:
+    """Resolve the config (new run or resume) and prepare the run dir; nothing is searched yet."""
+    if resume is not None:
+        run = RunDir(resume).require()
+        saved = load_config(run.config)
+        config = resume_config(saved, overrides)
+    else:
+        assert config is not None
+        run = RunDir(out if out is not None else default_run_dir(config, RUNS_DIR))
+        if run.exists():
+            raise RunError(f"{run.path} already holds a run: resume it with `bneck search --resume {run.path}` "
+                           "or choose another --out")
+    run.lock()
+    _setup_logging(run)
+    setup = make_setup(config, show_progress=config.progress)
+    setup.config = resolved(config, setup)
+    run.config.write_text(setup.config.to_yaml())
+    return run, setup
+
+
+def execute(run: RunDir, setup: Setup) -> Driver:
+    """Run the search with live progress; Ctrl-C keeps every finished trial and says how to resume."""
+    c = setup.config
+    live = Live(console=console_err, refresh_per_second=2, transient=False) if c.progress else None
+    last = [0.0]
+
+    def update(driver: Driver) -> None:
+        if live is not None and time.time() - last[0] > 0.5:
+            last[0] = time.time()
+            live.update(progress_table(driver))
+
+    try:
+        if live is not None:
+            live.start()
+        frame, driver = run_search(setup, run, update)
+        if live is not None:
+            live.update(progress_table(driver))
+    except KeyboardInterrupt:
+        if live is not None:
+            live.stop()
+        console_err.print(f"interrupted: finished trials are kept in {run.path}; continue with "
+                          f"`bneck search --resume {run.path}`", soft_wrap=True, highlight=False)
+        raise SystemExit(130) from None
+    finally:
+        if live is not None:
+            live.stop()
+        run.unlock()
+    del frame
+    return driver
+
+
+def summary(run: RunDir, setup: Setup) -> None:
+    import pandas as pd
+
+    frame = pd.read_parquet(run.trials)
+    best = best_row(frame)
+    c = setup.config
+    console_out.print(f"run {run.path}: {len(frame)} trials ({int((frame['state'] == 'FAIL').sum())} failed), "
+                      f"target {setup.target_ms:.3f} ms")
+    if best is not None:
+        console_out.print(f"best: trial {int(best['trial'])}, top-1 {100 * best['accuracy']:.2f}% at "
+                          f"{best['latency_ms']:.3f} ms predicted (reward {best['reward']:.4f}, {c.reward})")
+        console_out.print(f"  {best['arch']}", markup=False, highlight=False, soft_wrap=True)
+    console_out.print(f"trials {run.trials} · front {run.pareto} · study {run.storage_url(c.storage)}",
+                      highlight=False)
+
+
+SEARCH_FLAGS = ("space", "table", "target_ms", "searcher", "trials", "data", "epochs", "workers", "backend",
+                "address", "seed", "storage", "threads", "resolution", "mode", "reward", "max_latency_ms", "name")
+
+
+@click.command("search")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
+              help="YAML run config; flags override it.")
+@click.option("--resume", type=click.Path(path_type=Path), default=None,
+              help="Continue the run in this dir (after Ctrl-C or a kill); --trials may raise its budget.")
+@click.option("--space", default=None, help="Search space [default: mobilenet_v3_small_space].")
+@click.option("--table", type=click.Path(path_type=Path), default=None,
+              help="Latency table [default: this device's cached table, built if missing].")
+@click.option("--build-table/--no-build-table", default=None, help="Build the table when missing [default: on].")
+@click.option("--target-ms", type=float, default=None, help="Reward target [default: the space's preset].")
+@click.option("--max-latency-ms", type=float, default=None, help="Hard ceiling: slower nets are not trained.")
+@click.option("--reward", default=None, help="mnasnet | mobilenet_v3 | hard [default: mobilenet_v3].")
+@click.option("--mode", default=None, help="reward | pareto [default: reward].")
+@click.option("--searcher", default=None, help=f"{' | '.join(se.STRATEGIES)} [default: tpe].")
+@click.option("--trials", type=int, default=None, help="Budget of finished trials [default: 20].")
+@click.option("--data", default=None, help="builtin:digits, an image folder or a .npz [default: builtin:digits].")
+@click.option("--resolution", type=int, default=None, help="Proxy-training resolution [default: 32].")
+@click.option("--epochs", type=float, default=None, help="Proxy-training epochs [default: 3].")
+@click.option("--workers", type=int, default=None, help="Trials at once [default: 1].")
+@click.option("--threads", type=int, default=None, help="Torch threads per trial [default: cores/workers].")
+@click.option("--device", default=None, help="Training device: cpu, cuda or cuda:N [default: cpu].")
+@click.option("--backend", default=None, help="local | ray [default: local].")
+@click.option("--address", default=None, help="Ray cluster to join: auto or HOST:PORT [default: start one].")
+@click.option("--storage", default=None, help="Optuna storage URL [default: RUN/study.db].")
+@click.option("--name", default=None, help="Run name, the run dir prefix [default: search].")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Run dir [default: ./bneck_runs/NAME-TIMESTAMP].")
+@click.option("--seed", type=int, default=None, help="Seeds the searcher and the training [default: 0].")
+@click.option("--no-progress", is_flag=True, help="No live table (logs and files only).")
+def search_cmd(config_file: Path | None, resume: Path | None, build_table: bool | None, out: Path | None,
+               no_progress: bool, **flags: Any) -> None:
+    """Search architectures under a latency target; every finished trial is saved, so it resumes."""
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    if build_table is not None:
+        overrides["build_table"] = build_table
+    if no_progress:
+        overrides["progress"] = False
+    try:
+        if resume is not None and config_file is not None:
+            raise ConfigError("--config and --resume: a resumed run uses its saved config.yaml")
+        config = None if resume is not None else load_config(config_file, overrides)
+        run, setup = start_run(config, out, resume, overrides)
+        execute(run, setup)
+        from runs.outputs import write_best
+
+        write_best(run)
+    except USER_ERRORS as exc:
+        raise UserError(str(exc)) from None
+    summary(run, setup)

@@ -1,0 +1,324 @@
+"""Runs: config validation, run dirs, resume after real kills, K workers, PostgreSQL storage.
+
+Every run here searches a tiny space (two bneck blocks) with a tiny latency table measured in the module
+fixture, so a trial trains in about a second; the kill tests use real processes and real signals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from click.testing import CliRunner
+
+import latency as lat
+import search_space as ss
+from runs.cli import cli
+from runs.config import ConfigError, RunConfig, load_config, resume_config
+
+BNECK = [sys.executable, "-m", "runs.cli"]
+FAST = lat.Protocol(warmup_runs=2, warmup_s=0.0, min_runs=5, min_time_s=0.002, attempts=1, calibration_rounds=2)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    """A two-stage space around a small seed and its latency table at 32 px."""
+    d = tmp_path_factory.mktemp("tiny")
+    seed = ss.Arch(ss.Stem(8, act="hswish"),
+                   (ss.Bneck(3, 8, 8, 1, False, "relu"), ss.Bneck(3, 24, 16, 2, True, "hswish")),
+                   ss.Head(conv=32, hidden=64), num_classes=10, resolution=32)
+    space = ss.space_around("tiny_space", seed, expand_ratios=(1.0, 3.0), width_ratios=(1.0, 1.5),
+                            kernels=(3, 5), depth_delta=1, num_classes=10, resolution=32)
+    (d / "space.json").write_text(json.dumps(space.to_dict()))
+    lat.build_table(space, 32, out=d / "table.parquet", n_calibration=3, protocol=FAST, workers=1,
+                    show_progress=False)
+    return {"space": d / "space.json", "table": d / "table.parquet", "dir": d}
+
+
+def write_config(tiny: dict[str, Path], path: Path, **extra) -> Path:
+    doc = {"space": str(tiny["space"]), "table": str(tiny["table"]), "latency_resolution": 32, "epochs": 0.5,
+           "trials": 4, "eval_cache": False, "progress": False, "keep_weights": 2, "searcher": "random",
+           "threads": 1} | extra
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "BNECK_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
+
+
+def trials(run: Path) -> pd.DataFrame:
+    return pd.read_parquet(run / "trials.parquet")
+
+
+def assert_exact_budget(run: Path, budget: int) -> pd.DataFrame:
+    """The user-facing guarantee: exactly `budget` finished trials, none twice, every row complete."""
+    frame = trials(run)
+    assert len(frame) == budget
+    assert frame["trial"].is_unique
+    assert set(frame["state"]) == {"COMPLETE"}
+    assert frame["accuracy"].between(0, 1).all()
+    assert json.loads((run / "run.json").read_text())["status"] == "done"
+    return frame
+
+
+# ---- config -----------------------------------------------------------------------------------------------
+def test_flags_override_the_file_and_the_resolved_config_is_saved(tiny, tmp_path):
+    cfg = write_config(tiny, tmp_path / "run.yaml", trials=3, seed=7)
+    out = tmp_path / "run"
+    res = CliRunner().invoke(cli, ["search", "--config", str(cfg), "--trials", "2", "--out", str(out)],
+                             env=env(tmp_path))
+    assert res.exit_code == 0, res.output
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["trials"] == 2 and saved["seed"] == 7  # flag over file; file over default
+    assert saved["target_ms"] > 0 and Path(saved["table"]).is_file()  # machine-dependent defaults made explicit
+    frame = assert_exact_budget(out, 2)
+    assert frame.loc[frame["trial"] == 0, "reference"].item()  # the space's preset is trial 0
+    seed_arch = ss.SearchSpace.from_dict(json.loads(tiny["space"].read_text())).seed
+    assert ss.Arch.parse(frame.loc[0, "arch"]).arch_id == seed_arch.replace(num_classes=10).arch_id
+    assert frame.loc[0, "latency_ms"] == pytest.approx(saved["target_ms"])
+    for name in ("study.db", "pareto.json", "best/spec.json", "best/model.onnx", "best/weights.pt", "logs"):
+        assert (out / name).exists(), name
+
+
+@pytest.mark.parametrize(("doc", "needle"), [
+    ({"trails": 3}, "unknown key 'trails'"),
+    ({"trials": 0}, "trials: Input should be greater than or equal to 1"),
+    ({"searcher": "annealing"}, "unknown searcher 'annealing'"),
+    ({"recipe": {"lr": -1}}, "recipe: recipe field lr=-1"),
+    ({"mode": "pareto", "searcher": "rl"}, "mode pareto takes"),
+    ({"space": "nope_space"}, "unknown space 'nope_space'"),
+    ({"storage": "study.db"}, "storage: 'study.db' is not a database URL"),
+    ({"address": "auto"}, "address: only meaningful with backend ray"),
+])
+def test_bad_config_is_one_line_naming_the_key_with_exit_2(tmp_path, doc, needle):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml.safe_dump(doc))
+    res = CliRunner().invoke(cli, ["search", "--config", str(cfg), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2
+    assert needle in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "r" / "config.yaml").exists()
+
+
+def test_bad_flag_value_and_bad_yaml(tmp_path):
+    res = CliRunner().invoke(cli, ["search", "--backend", "slurm", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "backend" in res.output
+    (tmp_path / "x.yaml").write_text("trials: [1,\n")
+    res = CliRunner().invoke(cli, ["search", "--config", str(tmp_path / "x.yaml")])
+    assert res.exit_code == 2 and "not valid YAML" in res.output
+    res = CliRunner().invoke(cli, ["search", "--resume", str(tmp_path / "missing")])
+    assert res.exit_code == 2 and "does not exist" in res.output
+
+
+def test_resume_may_raise_the_budget_but_not_change_the_search():
+    saved = RunConfig(trials=5, searcher="evolution")
+    assert resume_config(saved, {"trials": 9, "workers": 2}).trials == 9
+    with pytest.raises(ConfigError, match="searcher: cannot change on resume"):
+        resume_config(saved, {"searcher": "tpe"})
+    assert resume_config(saved, {"searcher": "evolution"}).searcher == "evolution"  # same value is fine
+    assert load_config(None, {"workers": 2}).worker_threads() >= 1
+
+
+# ---- resume after real kills -----------------------------------------------------------------------------
+def wait_rows(run: Path, n: int, proc: subprocess.Popen, timeout: float = 240, running: int = 0) -> None:
+    """Until trials.parquet shows `n` finished trials and `running` running ones (the driver rewrites it as
+    trials start and finish)."""
+    end = time.time() + timeout
+    while time.time() < end:
+        if (run / "trials.parquet").exists():
+            try:
+                state = trials(run)["state"]
+                if state.isin(["COMPLETE", "FAIL"]).sum() >= n and (state == "RUNNING").sum() >= running:
+                    return
+            except (OSError, ValueError):
+                pass
+        if proc.poll() is not None:
+            raise AssertionError(f"search ended early (exit {proc.returncode}): {proc.stderr.read()}")
+        time.sleep(0.2)
+    raise AssertionError("timed out waiting for trials")
+
+
+def start(tiny: dict[str, Path], tmp_path: Path, run: Path, **extra) -> subprocess.Popen:
+    cfg = write_config(tiny, tmp_path / "run.yaml", **extra)
+    return subprocess.Popen([*BNECK, "search", "--config", str(cfg), "--out", str(run)], env=env(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def resume(tmp_path: Path, run: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*BNECK, "search", "--resume", str(run), *args], env=env(tmp_path),
+                          capture_output=True, text=True, timeout=600)
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def interrupted_trials(run: Path) -> list:
+    import optuna
+
+    study = optuna.load_study(study_name="bneck", storage=f"sqlite:///{run / 'study.db'}")
+    return [t for t in study.trials if t.user_attrs.get("interrupted")]
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_driver_then_resume_runs_exactly_the_budget(tiny, tmp_path):
+    run = tmp_path / "run"
+    proc = start(tiny, tmp_path, run, trials=5, epochs=2.0)
+    wait_rows(run, 2, proc, running=1)
+    os.kill(proc.pid, signal.SIGKILL)  # the driver only: its workers see their parent vanish
+    proc.wait()
+    before = trials(run)
+    running = before[before["state"] == "RUNNING"]
+    assert len(running) == 1  # killed mid-trial
+    res = resume(tmp_path, run)
+    assert res.returncode == 0, res.stderr
+    frame = assert_exact_budget(run, 5)
+    lost = interrupted_trials(run)
+    assert [t.number for t in lost] == running["trial"].tolist()
+    assert lost[0].user_attrs["arch"] in set(frame["arch"])  # the interrupted architecture ran again
+    assert set(before.loc[before["state"] == "COMPLETE", "trial"]) <= set(frame["trial"])  # nothing redone
+    assert json.loads((run / "run.json").read_text())["interrupted_reruns"] == 1
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_worker_reruns_its_trial_and_two_workers_lose_nothing(tiny, tmp_path):
+    run = tmp_path / "run"
+    proc = start(tiny, tmp_path, run, trials=6, workers=2, threads=1, epochs=2.0)
+    wait_rows(run, 1, proc)
+    workers = children(proc.pid)
+    workers = [p for p in workers if "resource_tracker" not in Path(f"/proc/{p}/cmdline").read_text()]
+    assert len(workers) >= 2
+    os.kill(workers[0], signal.SIGKILL)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    frame = assert_exact_budget(run, 6)
+    assert len(interrupted_trials(run)) >= 1
+    assert frame["worker"].nunique() >= 2  # both slots trained trials
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_finished_trials_and_says_how_to_resume(tiny, tmp_path):
+    run = tmp_path / "run"
+    proc = start(tiny, tmp_path, run, trials=4, epochs=2.0)
+    wait_rows(run, 1, proc)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends: the whole process group
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert f"bneck search --resume {run}" in err and "Traceback" not in err
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+    done = trials(run)
+    done = done[done["state"] == "COMPLETE"]
+    assert len(done) >= 1
+    res = resume(tmp_path, run, "--trials", "5")  # a resume may also raise the budget
+    assert res.returncode == 0, res.stderr
+    frame = assert_exact_budget(run, 5)
+    assert set(done["trial"]) <= set(frame["trial"])
+
+
+def test_a_second_driver_on_the_same_run_is_refused(tiny, tmp_path):
+    from runs.rundir import RunDir, RunError
+
+    a = RunDir(tmp_path / "run")
+    a.lock()
+    try:
+        with pytest.raises(RunError, match="being driven by another"):
+            RunDir(tmp_path / "run").lock()
+    finally:
+        a.unlock()
+
+
+def test_same_seed_same_search(tiny, tmp_path):
+    archs = []
+    for name in ("a", "b"):
+        cfg = write_config(tiny, tmp_path / f"{name}.yaml", trials=4, searcher="evolution", epochs=0.2,
+                           searcher_options={"population": 2, "sample_size": 2})
+        res = CliRunner().invoke(cli, ["search", "--config", str(cfg), "--out", str(tmp_path / name)],
+                                 env=env(tmp_path))
+        assert res.exit_code == 0, res.output
+        archs.append(trials(tmp_path / name)[["arch", "accuracy"]])
+    pd.testing.assert_frame_equal(archs[0], archs[1])
+
+
+# ---- storage: a real PostgreSQL server ------------------------------------------------------------------
+@pytest.mark.slow
+def test_two_worker_search_on_postgresql_loses_and_duplicates_nothing(tiny, tmp_path, postgres_url):
+    import optuna
+
+    cfg = write_config(tiny, tmp_path / "run.yaml", trials=6, workers=2, threads=1, storage=postgres_url)
+    res = subprocess.run([*BNECK, "search", "--config", str(cfg), "--out", str(tmp_path / "run")],
+                         env=env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    frame = assert_exact_budget(tmp_path / "run", 6)
+    assert not (tmp_path / "run" / "study.db").exists()  # the study lives in PostgreSQL
+    study = optuna.load_study(study_name="bneck", storage=postgres_url)
+    assert sorted(t.number for t in study.trials) == list(range(6))
+    assert sorted(frame["trial"]) == list(range(6))
+    assert len({t.user_attrs["arch"] for t in study.trials}) == len(frame["arch"].unique())
+
+
+# ---- Ray: a real cluster, in a network namespace with only loopback ---------------------------------------
+def _can_unshare() -> str | None:
+    try:
+        res = subprocess.run(["unshare", "-n", "sh", "-c", "ip link set lo up"], capture_output=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unshare unavailable ({exc})"
+    if res.returncode != 0:
+        return f"cannot create a network namespace (unshare -n: {res.stderr.decode().strip()[:80]}); needs root"
+    return None
+
+
+@pytest.mark.slow
+def test_ray_search_resumes_after_kill_9_of_the_driver(tiny, tmp_path):
+    reason = _can_unshare()
+    if reason:
+        pytest.skip(f"Ray tests run only inside a loopback-only network namespace: {reason}")
+    run = tmp_path / "run"
+    cfg = write_config(tiny, tmp_path / "run.yaml", trials=5, workers=2, threads=1, epochs=2.0)
+    res = subprocess.run(["unshare", "-n", sys.executable, str(Path(__file__).with_name("ray_scenario.py")),
+                          str(cfg), str(run)], env=env(tmp_path), capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    frame = assert_exact_budget(run, 5)
+    lost = interrupted_trials(run)
+    assert len(lost) >= 1
+    assert lost[0].user_attrs["arch"] in set(frame["arch"])
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["backend"] == "ray" and saved["address"] == "127.0.0.1:6391"
+
+
+def test_the_example_configs_are_valid():
+    from runs.pipeline import MAIN_JOB, load_pipeline
+
+    examples = sorted((Path(__file__).parents[1] / "examples").glob("*.yaml"))
+    assert examples
+    for path in examples:
+        pipeline = load_pipeline(path)
+        assert load_config(path).model_dump() == pipeline.run_config().model_dump()  # `bneck search` reads it too
+    assert load_pipeline(None).trials == MAIN_JOB["trials"]
+
+
+def test_recover_requeues_only_trials_whose_architecture_was_complete():
+    import optuna
+
+    from runs.engine import recover
+
+    study = optuna.create_study(direction="maximize")
+    whole = study.ask()
+    whole.suggest_int("a", 0, 3)
+    whole.set_user_attr("arch", "r32_n10,...")
+    partial = study.ask()  # stopped inside SearchSpace.suggest: no arch yet, params incomplete
+    partial.suggest_int("a", 0, 3)
+    assert recover(study) == 2
+    states = [t.state.name for t in study.trials]
+    assert states == ["FAIL", "FAIL", "WAITING"]  # one re-queued copy: the complete one
+    assert study.trials[2].params == {} and study.trials[2].system_attrs["fixed_params"] == whole.params
+    assert all(t.user_attrs.get("interrupted") for t in study.trials[:2])
