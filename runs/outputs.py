@@ -151,19 +151,17 @@ def _plot(path: Path, frame: pd.DataFrame, done: pd.DataFrame, front: pd.DataFra
         ref_ok = refs[refs["accuracy"].notna()]
         if not ref_ok.empty:
             ax.scatter(ref_ok["latency_ms"], 100 * ref_ok["accuracy"], marker="*", s=280, color="orange",
-                       edgecolors="black", zorder=5, label=label)
+                       edgecolors="black", zorder=7, label=label)  # above the best's label box
         if ctx["target"] is not None:
             ax.axvline(float(ctx["target"]), ls="--", color="0.35", lw=1, zorder=1,
                        label=f"target {float(ctx['target']):.3g} ms")
         if cfg.get("max_latency_ms") is not None:
             ax.axvline(float(cfg["max_latency_ms"]), ls=":", color="red", lw=1, zorder=1,
                        label=f"ceiling {float(cfg['max_latency_ms']):.3g} ms")
-        if best is not None:
-            ax.annotate(f"best: trial {int(best['trial'])}\n{100 * best['accuracy']:.2f}% @ "
-                        f"{best['latency_ms']:.3g} ms", xy=(best["latency_ms"], 100 * best["accuracy"]),
-                        xytext=(25, -35), textcoords="offset points", fontsize=8, zorder=6,
-                        arrowprops={"arrowstyle": "->", "color": "0.2"},
-                        bbox={"boxstyle": "round", "fc": "white", "ec": "0.6"})
+        if best is not None:  # named in the legend: a text box next to the point would hide its neighbours
+            ax.scatter([best["latency_ms"]], [100 * best["accuracy"]], s=200, facecolors="none", edgecolors="black",
+                       lw=2, zorder=6, label=f"best: trial {int(best['trial'])}, {100 * best['accuracy']:.2f}% @ "
+                                            f"{best['latency_ms']:.3g} ms")
         epochs = f" after {ctx['epochs']:g} epochs" if isinstance(ctx["epochs"], int | float) else ""
         ax.set_xlabel(f"predicted latency (ms) @ {ctx['latency_resolution']} px")
         ax.set_ylabel(f"top-1 (%){epochs} @ {ctx['resolution']} px")
