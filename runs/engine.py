@@ -306,16 +306,20 @@ def run_search(setup: Setup, run: RunDir, on_update: Any = None) -> tuple[pd.Dat
     executor = make_executor(c.backend, c.workers, c.worker_threads(), c.address, c.device)
     driver = Driver(setup, run, study, executor, on_update)
     driver.lost = n
-    previous = signal.getsignal(signal.SIGTERM)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def on_term(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    # a process started in the background by a non-interactive shell inherits SIGINT ignored; a search must
+    # still stop cleanly (re-queueing its running trials) on SIGINT
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         frame = driver.run_to_budget()
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         executor.close()
     return frame, driver
 
