@@ -13,7 +13,7 @@ from typing import Any, Literal
 import click
 from pydantic import Field
 
-from runs.config import ConfigError, RunConfig, default_run_dir, load_config, read_yaml
+from runs.config import ConfigError, RunConfig, default_run_dir, read_yaml
 from runs.errors import UserError, console_err, console_out
 from runs.rundir import RunDir
 from search_space.paths import RUNS_DIR
@@ -99,5 +99,4 @@ def run_cmd(config_file: Path | None, out: Path | None) -> None:
         console_out.print(f"  {key:14s} {files[key]}", highlight=False)
 
 
-__all__ = ["EXPORT_FORMATS", "MAIN_JOB", "PipelineConfig", "load_config", "load_pipeline", "run_cmd",
-           "run_pipeline"]
+__all__ = ["EXPORT_FORMATS", "MAIN_JOB", "PipelineConfig", "load_pipeline", "run_cmd", "run_pipeline"]

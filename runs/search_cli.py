@@ -98,7 +98,7 @@ def execute(run: RunDir, setup: Setup) -> Driver:
     try:
         if live is not None:
             live.start()
-        frame, driver = run_search(setup, run, update)
+        _, driver = run_search(setup, run, update)
         if live is not None:
             live.update(progress_table(driver))
     except KeyboardInterrupt:
@@ -111,7 +111,6 @@ def execute(run: RunDir, setup: Setup) -> Driver:
         if live is not None:
             live.stop()
         run.unlock()
-    del frame
     return driver
 
 
