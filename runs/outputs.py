@@ -14,7 +14,7 @@ import pandas as pd
 import yaml
 
 import search_space as ss
-from runs.rundir import RunDir, RunError, best_row, pareto_rows
+from runs.rundir import RunDir, RunError, atomic_write, best_row, pareto_rows, plain_value
 
 
 def trained_arch(run: RunDir, arch_string: str) -> ss.Arch:
@@ -27,8 +27,7 @@ def trained_arch(run: RunDir, arch_string: str) -> ss.Arch:
 
 def write_best(run: RunDir) -> dict[str, Any] | None:
     """RUN/best/: spec.json and arch.txt of the best feasible trial, its trained weights when kept, and ONNX."""
-    frame = pd.read_parquet(run.trials)
-    best = best_row(frame)
+    best = best_row(_frame(run))
     if best is None:
         return None
     trial = int(best["trial"])
@@ -119,14 +118,8 @@ def write_report(run: RunDir) -> tuple[Path, Path]:
     refs = frame[frame["reference"]]
     label = f"{reference_label(ctx['space'])} (same recipe)"
     _plot(run.report_png, frame, done, front, best, refs, label, cfg, ctx)
-    _atomic_text(run.report_md, _markdown(run, frame, done, front, best, refs, label, cfg, info, ctx))
+    atomic_write(run.report_md, _markdown(run, frame, done, front, best, refs, label, cfg, info, ctx).encode())
     return run.report_png, run.report_md
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _plot(path: Path, frame: pd.DataFrame, done: pd.DataFrame, front: pd.DataFrame, best: pd.Series | None,
@@ -293,8 +286,8 @@ def export_trial(run: RunDir, fmt: str, out: str | os.PathLike[str] | None = Non
         info: dict[str, Any] = dict(ss.export_timm(arch, path))
     else:
         info = dict(ss.export_arch(arch, path, fmt, weights if kept and fmt != "json" else None))
-    info.update(trial=t, arch=arch.to_string(), accuracy=_plain_float(row["accuracy"]),
-                latency_ms=_plain_float(row["latency_ms"]), reference=bool(row["reference"]))
+    info.update(trial=t, arch=arch.to_string(), accuracy=plain_value(float(row["accuracy"])),
+                latency_ms=plain_value(float(row["latency_ms"])), reference=bool(row["reference"]))
     if fmt in ("onnx", "torchscript"):
         info["weights_included"] = kept
         info["weights"] = str(weights) if kept else None
@@ -305,8 +298,3 @@ def export_trial(run: RunDir, fmt: str, out: str | os.PathLike[str] | None = Non
         info["weights_included"] = False
         info["note"] = f"{fmt} holds the architecture only (no weights)"
     return info
-
-
-def _plain_float(v: Any) -> float | None:
-    v = float(v)
-    return v if math.isfinite(v) else None

@@ -34,7 +34,7 @@ class RunError(RuntimeError):
     """A run dir is missing, locked by another driver, or not a run dir; the message says which."""
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
@@ -107,7 +107,7 @@ class RunDir:
         os.replace(tmp, self.trials)
 
     def write_json(self, path: Path, doc: dict[str, Any]) -> None:
-        _atomic_write(path, (json.dumps(doc, indent=2, default=_json_default) + "\n").encode())
+        atomic_write(path, (json.dumps(doc, indent=2, default=_json_default) + "\n").encode())
 
 
 def _json_default(o: Any) -> Any:
@@ -171,10 +171,10 @@ PARETO_FIELDS = ("trial", "arch", "arch_id", "accuracy", "latency_ms", "reward",
 def pareto_doc(frame: pd.DataFrame) -> dict[str, Any]:
     front = pareto_rows(frame)
     return {"objectives": {"accuracy": "maximize", "latency_ms": "minimize"},
-            "trials": [{k: _plain(r[k]) for k in PARETO_FIELDS} for _, r in front.iterrows()]}
+            "trials": [{k: plain_value(r[k]) for k in PARETO_FIELDS} for _, r in front.iterrows()]}
 
 
-def _plain(v: Any) -> Any:
+def plain_value(v: Any) -> Any:
     if isinstance(v, np.generic):
         v = v.item()
     if isinstance(v, float) and not math.isfinite(v):
