@@ -433,3 +433,20 @@ def _load_folder(source: str, root: Path, resolution: int, seed: int, val_fracti
     mean, std = meta["mean"], meta["std"]
     return ImageData(source, fp, classes, resolution, x[:n_train], _readonly(y[:n_train]), x[n_train:],
                      _readonly(y[n_train:]), (mean[0], mean[1], mean[2]), (std[0], std[1], std[2]))
+
+
+def holdout_split(data: ImageData, fraction: float = 0.2, seed: int = 0) -> ImageData:
+    """The training split cut once more: `x_train` keeps 1 - fraction, `x_val` becomes the held-out rest.
+
+    NetAdapt ranks its proposals on data that neither trained them nor reports the final accuracy: the run's own
+    validation split stays untouched for that. mean/std stay the parent's (weights trained with them are reused).
+    """
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction < 1:
+        raise DataError(f"holdout fraction must be in (0, 1), got {fraction!r}")
+    _check_class_sizes(data.y_train, data.classes, f"{data.source} (training split)")
+    train, hold = _split(np.asarray(data.y_train), data.num_classes, seed, float(fraction))
+    fingerprint = hashlib.sha256(f"{data.fingerprint}|holdout|{fraction!r}|{seed}".encode()).hexdigest()[:16]
+    return ImageData(data.source, fingerprint, data.classes, data.resolution,
+                     _readonly(np.asarray(data.x_train[train])), _readonly(np.asarray(data.y_train[train])),
+                     _readonly(np.asarray(data.x_train[hold])), _readonly(np.asarray(data.y_train[hold])),
+                     data.mean, data.std)

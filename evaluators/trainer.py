@@ -168,14 +168,20 @@ class ProxyTrainer:
             result.model = model  # type: ignore[attr-defined]
         return result
 
-    def _train(self, arch: Arch, data: Any, seed: int) -> tuple[Result, nn.Module]:
+    def fine_tune(self, arch: Arch, model: nn.Module, data: Any, seed: int = 0) -> tuple[Result, nn.Module]:
+        """Continue training `model` (built for `arch`, e.g. after weight surgery) with this recipe and report
+        validation top-1; the recipe's `max_steps` caps it (NetAdapt's short-term fine-tune). `model` itself is
+        trained in place and returned; nothing is cached (the result depends on the starting weights)."""
+        return self._train(arch, data, seed, model)
+
+    def _train(self, arch: Arch, data: Any, seed: int, model: nn.Module | None = None) -> tuple[Result, nn.Module]:
         r = self.recipe
         arch = arch.replace(num_classes=data.num_classes, resolution=data.resolution)
         n_params, n_madds = count(arch)
         prev_threads = torch.get_num_threads()
         torch.set_num_threads(r.threads)
         try:
-            return self._run(arch, data, seed, n_params, n_madds)
+            return self._run(arch, data, seed, n_params, n_madds, model)
         finally:
             torch.set_num_threads(prev_threads)
 
@@ -185,10 +191,12 @@ class ProxyTrainer:
         t = torch.from_numpy(np.array(x, dtype=np.uint8)).permute(0, 3, 1, 2).float().div_(255.0)  # copy: read-only
         return ((t - mean) / std).to(self.device)
 
-    def _run(self, arch: Arch, data: Any, seed: int, n_params: int, n_madds: int) -> tuple[Result, nn.Module]:
+    def _run(self, arch: Arch, data: Any, seed: int, n_params: int, n_madds: int,
+             model: nn.Module | None = None) -> tuple[Result, nn.Module]:
         r = self.recipe
         torch.manual_seed(seed)
-        model = build_model(arch, seed=seed)
+        if model is None:
+            model = build_model(arch, seed=seed)
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.momentum = r.bn_momentum

@@ -10,6 +10,7 @@ so later measurements can be rescaled to the table's state of the host (`validat
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import warnings
@@ -165,6 +166,8 @@ class LatencyTable:
         family (same input size, stride, kernel, SE, NL) at several widths, which is what the fit uses. A family
         with too few rows for that fits latency linearly in mult-adds over its rows of the same structure.
         """
+        if cfg.kind in ("head", "stem"):
+            return self._interpolate_edge(cfg)
         if cfg.kind not in ("bneck", "ds"):
             return None
         fam_key = (cfg.kind, cfg.size, cfg.stride, cfg.kernel, cfg.se, cfg.act)
@@ -201,6 +204,34 @@ class LatencyTable:
             slope, intercept = np.polyfit(m, us, 1)
             return max(float(intercept + slope * target), 1e-3)
         return float(us[0]) * target / max(1.0, m[0])
+
+    def _interpolate_edge(self, cfg: LayerConfig) -> float | None:
+        """Head with another input width, or stem with another output width (a pruned last or first group).
+
+        Heads/stems are measured at few widths and their rows are noisy relative to the small share the pruned
+        width has in their work, so no regression: piecewise-linear in mult-adds between the measured rows
+        around it, and outside them the nearest row scaled by the mult-adds ratio.
+        """
+        e = self.entries
+        if cfg.kind == "head":
+            rows = e[(e["kind"] == "head") & (e["size"] == cfg.size) & (e["expand"] == cfg.expand)
+                     & (e["out"] == cfg.out) & (e["act"] == cfg.act) & (e["num_classes"] == cfg.num_classes)]
+        else:
+            rows = e[(e["kind"] == "stem") & (e["size"] == cfg.size) & (e["cin"] == cfg.cin)
+                     & (e["kernel"] == cfg.kernel) & (e["stride"] == cfg.stride) & (e["act"] == cfg.act)]
+        if not len(rows):
+            return None
+        width_col = "cin" if cfg.kind == "head" else "out"
+        m = np.array([float(layer_cost(dataclasses.replace(cfg, **{width_col: int(w)}))[1])
+                      for w in rows[width_col]])
+        us = rows["median_us"].to_numpy(dtype=float)
+        order = np.argsort(m)
+        m, us = m[order], us[order]
+        target = float(layer_cost(cfg)[1])
+        if m[0] <= target <= m[-1] and len(m) >= 2:
+            return float(np.interp(target, m, us))
+        nearest = 0 if target < m[0] else len(m) - 1
+        return max(float(us[nearest]) * target / max(1.0, m[nearest]), 1e-3)
 
     def _missing_message(self, cfgs: Sequence[LayerConfig]) -> str:
         keys = sorted({layer_key(c) for c in cfgs})

@@ -17,6 +17,7 @@ from runs.errors import console_err as _err
 from runs.errors import console_out as _out
 from runs.evaluate_cli import evaluate_cmd
 from runs.latency_cli import latency_group
+from runs.netadapt_cli import netadapt_cmd
 from runs.pipeline import run_cmd
 from runs.report_cli import export_run, is_run_dir, report_cmd
 from runs.search_cli import search_cmd
@@ -38,6 +39,7 @@ cli.add_command(evaluate_cmd)
 cli.add_command(search_cmd)
 cli.add_command(run_cmd)
 cli.add_command(report_cmd)
+cli.add_command(netadapt_cmd)
 
 
 # ---- bneck space ------------------------------------------------------------------------------------

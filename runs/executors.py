@@ -1,5 +1,7 @@
 """Where trials are evaluated: K local worker processes, or Ray tasks on a cluster. Same narrow interface.
 
+A task is a search trial (`TrialTask`) or a NetAdapt fine-tune job; `runs.worker.run_task` dispatches.
+
 The driver owns the study (ask/tell) and the budget; executors only train. A lost worker (killed process,
 dead node) is reported as `WorkerLost` so the driver re-runs that trial; it never takes the search down.
 """
@@ -13,7 +15,7 @@ import tempfile
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from runs.worker import TrialOutcome, TrialTask, evaluate_task, init_worker
+from runs.worker import TrialOutcome, init_worker, run_task
 
 
 class WorkerLost(RuntimeError):
@@ -27,7 +29,7 @@ class ExecutorError(RuntimeError):
 class Executor(Protocol):
     slots: int
 
-    def submit(self, task: TrialTask) -> Any: ...
+    def submit(self, task: Any) -> Any: ...
 
     def wait(self, handles: Iterable[Any], timeout: float) -> list[tuple[Any, TrialOutcome | BaseException]]: ...
 
@@ -54,12 +56,12 @@ class LocalExecutor:
                                                 initializer=_local_worker_init, initargs=(self.threads,))
         return self._pool
 
-    def submit(self, task: TrialTask) -> cf.Future[TrialOutcome]:
+    def submit(self, task: Any) -> cf.Future[Any]:
         try:
-            return self._ensure().submit(evaluate_task, task)
+            return self._ensure().submit(run_task, task)
         except cf.process.BrokenProcessPool:
             self._restart()
-            return self._ensure().submit(evaluate_task, task)
+            return self._ensure().submit(run_task, task)
 
     def wait(self, handles: Iterable[Any], timeout: float) -> list[tuple[Any, TrialOutcome | BaseException]]:
         handles = list(handles)
@@ -123,9 +125,9 @@ class RayExecutor:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ExecutorError(f"address: cannot join the Ray cluster at {address}: {first}") from None
         gpus = 1 if device.startswith("cuda") else 0
-        self._remote = ray.remote(evaluate_task).options(num_cpus=threads, num_gpus=gpus, max_retries=2)
+        self._remote = ray.remote(run_task).options(num_cpus=threads, num_gpus=gpus, max_retries=2)
 
-    def submit(self, task: TrialTask) -> Any:
+    def submit(self, task: Any) -> Any:
         return self._remote.remote(task)
 
     def wait(self, handles: Iterable[Any], timeout: float) -> list[tuple[Any, TrialOutcome | BaseException]]:

@@ -78,6 +78,15 @@ def evaluate_task(task: TrialTask) -> TrialOutcome:
                         f"{socket.gethostname()}:{os.getpid()}", info, weights)
 
 
+def run_task(task: Any) -> Any:
+    """What an executor runs: a search trial (`TrialTask`) or a NetAdapt fine-tune (`searchers.FineTuneJob`)."""
+    if isinstance(task, TrialTask):
+        return evaluate_task(task)
+    from searchers.netadapt import run_job
+
+    return run_job(task)
+
+
 def init_worker(threads: int) -> None:
     """Pool initializer: K workers x `threads` torch threads stay within the machine's cores."""
     import torch

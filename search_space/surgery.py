@@ -246,9 +246,9 @@ def _rebuild(new_arch: Arch, model: nn.Module, state: dict[str, torch.Tensor],
 
 # ---- the two moves --------------------------------------------------------------------------------------
 
-def prune_expand(arch: Arch, model: nn.Module, block: int, keep: int) -> tuple[Arch, nn.Module]:
-    """Shrink bneck block `block`'s expansion width to `keep` channels, keeping those whose expand-conv rows
-    have the largest L2 norm. Returns (new arch, new module); `model` is not modified."""
+def shrink_expand(arch: Arch, block: int, keep: int) -> Arch:
+    """The architecture `prune_expand` makes (no weights): block `block`'s expansion set to `keep`.
+    Raises `SpecError` for every move the surgery refuses, so proposal generators can ask it first."""
     i = _check_index(arch, block)
     b = arch.blocks[i]
     if not isinstance(b, Bneck):
@@ -261,65 +261,95 @@ def prune_expand(arch: Arch, model: nn.Module, block: int, keep: int) -> tuple[A
         raise SpecError(f"block {i} has no expand conv (expansion {b.expand} equals its input width), so its "
                         f"hidden width is its input width and cannot be pruned on its own: {hint}")
     keep = _check_keep(keep, b.expand, f"expansion of block {i}")
-    state = _state(model, arch)
-    hid_idx = _top(_row_norms(state[f"blocks.{i}.expand.conv.weight"]), keep)
     blocks = list(arch.blocks)
     blocks[i] = dataclasses.replace(b, expand=keep)
     new_arch = arch.replace(blocks=tuple(blocks))
     _check_topology(arch, new_arch, f"shrinking block {i}'s expansion to {keep}")
+    return new_arch
+
+
+def prune_expand(arch: Arch, model: nn.Module, block: int, keep: int) -> tuple[Arch, nn.Module]:
+    """Shrink bneck block `block`'s expansion width to `keep` channels, keeping those whose expand-conv rows
+    have the largest L2 norm. Returns (new arch, new module); `model` is not modified."""
+    new_arch = shrink_expand(arch, block, keep)
+    i = int(block)
+    state = _state(model, arch)
+    hid_idx = _top(_row_norms(state[f"blocks.{i}.expand.conv.weight"]), new_arch.blocks[i].expand)
     plan: _Plan = {}
     _plan_bneck(plan, state, arch, i, None, hid_idx, None)
     return new_arch, _rebuild(new_arch, model, state, plan)
+
+
+def _group(arch: Arch, blocks: int | Sequence[int]) -> list[int]:
+    if isinstance(blocks, int | np.integer) and not isinstance(blocks, bool):
+        return residual_group_of(arch, int(blocks))
+    given = [_check_index(arch, j) for j in blocks]
+    if not given:
+        raise SpecError("blocks: give the residual group's block indices (or one block of it)")
+    group = residual_group_of(arch, given[0])
+    if sorted(given) != group:
+        raise SpecError(f"blocks {given} are not a residual group: block {given[0]} belongs to {group}")
+    return group
+
+
+def _group_consumers(arch: Arch, group: list[int]) -> list[int]:
+    """Blocks whose input width is the group's width (inside the group, plus the next block)."""
+    stem_producer = _is_residual(arch, group[0])
+    consumers = [j for j in group if j != group[0] or stem_producer]
+    if group[-1] + 1 < len(arch.blocks):
+        consumers.append(group[-1] + 1)
+    return consumers
+
+
+def shrink_group(arch: Arch, blocks: int | Sequence[int], keep: int) -> Arch:
+    """The architecture `prune_group` makes (no weights): the residual group's width set to `keep`, and the
+    hidden width of consumers without an expand conv with it. Raises `SpecError` for refused moves."""
+    group = _group(arch, blocks)
+    first = group[0]
+    keep = _check_keep(keep, arch.blocks[first].out, f"width of group {group}")
+    consumers = _group_consumers(arch, group)
+    new_blocks = list(arch.blocks)
+    for j in sorted(set(group) | set(consumers)):
+        b = arch.blocks[j]
+        out = keep if j in group else b.out
+        if isinstance(b, Bneck):
+            expand = keep if j in consumers and not _has_expand_conv(arch, j) else b.expand
+            new_blocks[j] = dataclasses.replace(b, expand=expand, out=out)
+        else:
+            new_blocks[j] = dataclasses.replace(b, out=out)
+    new_stem = dataclasses.replace(arch.stem, out=keep) if _is_residual(arch, first) else arch.stem
+    new_arch = arch.replace(stem=new_stem, blocks=tuple(new_blocks))
+    _check_topology(arch, new_arch, f"shrinking group {group} to width {keep}")
+    return new_arch
 
 
 def prune_group(arch: Arch, model: nn.Module, blocks: int | Sequence[int], keep: int) -> tuple[Arch, nn.Module]:
     """Shrink the output width of the residual group `blocks` (the group's indices, or any one block of it)
     to `keep` channels, chosen once for the group by the summed L2 norm of its producers' output rows.
     Returns (new arch, new module); `model` is not modified."""
-    if isinstance(blocks, int | np.integer) and not isinstance(blocks, bool):
-        group = residual_group_of(arch, int(blocks))
-    else:
-        given = [_check_index(arch, j) for j in blocks]
-        if not given:
-            raise SpecError("blocks: give the residual group's block indices (or one block of it)")
-        group = residual_group_of(arch, given[0])
-        if sorted(given) != group:
-            raise SpecError(f"blocks {given} are not a residual group: block {given[0]} belongs to {group}")
+    group = _group(arch, blocks)
+    new_arch = shrink_group(arch, group, keep)
     first, last = group[0], group[-1]
-    width = arch.blocks[first].out
-    stem_producer = _is_residual(arch, first)
-    keep = _check_keep(keep, width, f"width of group {group}")
+    keep = new_arch.blocks[first].out
     state = _state(model, arch)
     idx = _top(_group_norms(state, arch, group), keep)
-
-    new_blocks = list(arch.blocks)
     plan: _Plan = {}
-    new_stem = arch.stem
-    if stem_producer:
-        new_stem = dataclasses.replace(arch.stem, out=keep)
+    if _is_residual(arch, first):
         plan["stem.conv"] = (idx, None)
         plan["stem.bn"] = (idx, None)
-    consumers = [j for j in group if j != first or stem_producer]
-    if last + 1 < len(arch.blocks):
-        consumers.append(last + 1)
+    consumers = _group_consumers(arch, group)
     for j in sorted(set(group) | set(consumers)):
-        b = arch.blocks[j]
         cin_idx = idx if j in consumers else None
         out_idx = idx if j in group else None
-        if isinstance(b, Bneck):
-            new_e = _plan_bneck(plan, state, arch, j, cin_idx, None, out_idx)
-            new_blocks[j] = dataclasses.replace(b, expand=new_e, out=keep if j in group else b.out)
+        if isinstance(arch.blocks[j], Bneck):
+            _plan_bneck(plan, state, arch, j, cin_idx, None, out_idx)
         else:
             plan[f"blocks.{j}.depthwise.conv"] = (cin_idx, None)
             plan[f"blocks.{j}.depthwise.bn"] = (cin_idx, None)
             plan[f"blocks.{j}.pointwise.conv"] = (out_idx, cin_idx)
             plan[f"blocks.{j}.pointwise.bn"] = (out_idx, None)
-            if j in group:
-                new_blocks[j] = dataclasses.replace(b, out=keep)
     if last + 1 == len(arch.blocks):  # the head consumes the last block's width
         h = arch.head
         layer = "head.conv.conv" if h.conv is not None else "head.hidden" if h.hidden is not None else "head.classifier"
         plan[layer] = (None, idx)
-    new_arch = arch.replace(stem=new_stem, blocks=tuple(new_blocks))
-    _check_topology(arch, new_arch, f"shrinking group {group} to width {keep}")
     return new_arch, _rebuild(new_arch, model, state, plan)

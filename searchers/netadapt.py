@@ -1,0 +1,611 @@
+"""NetAdapt (Yang et al. 2018) as MobileNetV3 used it: shrink a trained network's widths, one move per
+iteration, until a latency table predicts the target latency.
+
+Each iteration asks for a latency reduction δ (MobileNetV3: 1% of the starting latency; optionally decaying)
+and makes one proposal per prunable width: the expansion of a single bneck block, or the shared width of a
+residual group. A proposal takes the *largest* multiple of 8 whose predicted latency is at least δ below the
+current one, so it removes as little as possible. Each proposal is made by weight surgery
+(`search_space.surgery`: largest-L2 channels kept), short-term fine-tuned and scored on a held-out part of the
+training split; the winner maximizes ΔAcc/|ΔLatency| (MobileNetV3) or accuracy (NetAdapt's original rule).
+After the target is met the result is long-term fine-tuned and scored on the untouched validation split.
+
+The loop is storage-first: every finished iteration is a directory (spec, weights, metrics) written
+atomically, so a killed run resumes after the last one. Proposals are evaluated through a caller-supplied
+`evaluate(jobs) -> outcomes`, which may fan out to local processes or a Ray cluster (`runs`); `run_job`
+is what a worker runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from search_space import Arch, Bneck, SpecError
+from search_space.surgery import prune_expand, prune_group, residual_group_of, shrink_expand, shrink_group
+
+SELECTIONS = ("ratio", "accuracy")
+STATE_FILE = "netadapt.json"
+LONG_SEED_OFFSET = 10_000  # the long-term fine-tune's seed is seed + this (proposals use seed + iteration)
+
+
+class NetAdaptError(ValueError):
+    """A NetAdapt setting or starting point is unusable (bad value, unreachable target, changed resume)."""
+
+
+# ---- moves and proposals ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Move:
+    """Shrink one width: a block's expansion (`kind='expand'`) or a residual group's width (`'group'`)."""
+
+    kind: str
+    blocks: tuple[int, ...]
+    width: int
+    keep: int
+
+    @property
+    def label(self) -> str:
+        where = f"block {self.blocks[0]}" if self.kind == "expand" else \
+            f"blocks {self.blocks[0]}" + (f"-{self.blocks[-1]}" if len(self.blocks) > 1 else "")
+        return f"{self.kind} {where}: {self.width}->{self.keep}"
+
+    def arch(self, arch: Arch) -> Arch:
+        if self.kind == "expand":
+            return shrink_expand(arch, self.blocks[0], self.keep)
+        return shrink_group(arch, list(self.blocks), self.keep)
+
+    def apply(self, arch: Arch, model: Any) -> tuple[Arch, Any]:
+        if self.kind == "expand":
+            return prune_expand(arch, model, self.blocks[0], self.keep)
+        return prune_group(arch, model, list(self.blocks), self.keep)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "blocks": list(self.blocks), "width": self.width, "keep": self.keep}
+
+
+def slots(arch: Arch) -> list[tuple[str, tuple[int, ...], int]]:
+    """Every prunable width as (kind, blocks, current width): each bneck's expansion that has its own expand
+    conv, then each residual group's width (in block order)."""
+    out: list[tuple[str, tuple[int, ...], int]] = []
+    ins = arch.in_channels
+    for i, b in enumerate(arch.blocks):
+        if isinstance(b, Bneck) and b.expand != ins[i]:
+            out.append(("expand", (i,), b.expand))
+    i = 0
+    while i < len(arch.blocks):
+        group = residual_group_of(arch, i)
+        out.append(("group", tuple(group), arch.blocks[group[0]].out))
+        i = group[-1] + 1
+    return out
+
+
+def _keeps(width: int) -> range:
+    """Widths below `width` that surgery accepts, largest first (multiples of 8, >= 8)."""
+    top = width - 1 if width % 8 == 0 else width
+    return range(top // 8 * 8, 7, -8)
+
+
+@dataclass(frozen=True)
+class Proposal:
+    move: Move
+    arch: Arch
+    latency_ms: float
+
+
+def propose(arch: Arch, latency: Callable[[Arch], float], delta_ms: float,
+            current_ms: float | None = None) -> list[Proposal]:
+    """One proposal per slot: the largest width whose predicted latency is <= current - delta_ms.
+
+    Widths the surgery refuses (they would drop an expand conv or add a residual) are skipped; a slot with no
+    width meeting δ gives no proposal."""
+    current = latency(arch) if current_ms is None else current_ms
+    out: list[Proposal] = []
+    for kind, blocks, width in slots(arch):
+        for keep in _keeps(width):
+            move = Move(kind, blocks, width, keep)
+            try:
+                new = move.arch(arch)
+            except SpecError:
+                continue
+            ms = latency(new)
+            if ms <= current - delta_ms:
+                out.append(Proposal(move, new, ms))
+                break
+    return out
+
+
+def smallest(arch: Arch) -> Arch:
+    """Every prunable width at its smallest accepted value, repeated until nothing shrinks: the floor NetAdapt's
+    moves can reach."""
+    while True:
+        changed = False
+        for kind, blocks, width in slots(arch):
+            for keep in reversed(_keeps(width)):
+                try:
+                    arch = Move(kind, blocks, width, keep).arch(arch)
+                except SpecError:
+                    continue
+                changed = True
+                break
+        if not changed:
+            return arch
+
+
+# ---- settings and schedule ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class NetAdaptSettings:
+    """Everything that decides a NetAdapt run besides the starting network and the latency table."""
+
+    target_ms: float
+    step_frac: float = 0.01  # δ_0 = step_frac * starting latency (MobileNetV3)
+    decay: float = 1.0  # δ_i = δ_0 * decay**i (NetAdapt's decaying schedule when < 1)
+    selection: str = "ratio"  # ratio: max ΔAcc/|ΔLat| (MobileNetV3); accuracy: max accuracy (NetAdapt)
+    short_steps: int = 10  # short-term fine-tune steps per proposal (paper: 10k on ImageNet)
+    short_lr: float = 0.01
+    long_epochs: float = 2.0  # long-term fine-tune of the result (0: none)
+    long_lr: float = 0.05
+    batch_size: int = 64
+    holdout: float = 0.2  # part of the training split that ranks proposals
+    land_tol: float = 0.02  # last iteration: prefer proposals within this fraction below the target
+    max_iterations: int = 200
+    data: str = "builtin:digits"
+    resolution: int = 32
+    seed: int = 0
+    threads: int = 1
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        checks = [("target_ms", math.isfinite(self.target_ms) and self.target_ms > 0),
+                  ("step_frac", 0 < self.step_frac < 1), ("decay", 0 < self.decay <= 1),
+                  ("short_steps", self.short_steps >= 0), ("short_lr", self.short_lr > 0),
+                  ("long_epochs", self.long_epochs >= 0), ("long_lr", self.long_lr > 0),
+                  ("batch_size", self.batch_size >= 1), ("holdout", 0 < self.holdout < 1),
+                  ("land_tol", 0 <= self.land_tol < 1), ("max_iterations", self.max_iterations >= 1),
+                  ("resolution", self.resolution >= 8), ("threads", self.threads >= 1)]
+        for name, ok in checks:
+            if not ok:
+                raise NetAdaptError(f"{name}={getattr(self, name)!r} is out of range")
+        if self.selection not in SELECTIONS:
+            raise NetAdaptError(f"selection {self.selection!r} not in {{{', '.join(SELECTIONS)}}}")
+
+    def delta_ms(self, iteration: int, start_ms: float, current_ms: float) -> float:
+        """δ of iteration `iteration` (1-based), never more than what is left to reach the target."""
+        delta = self.step_frac * start_ms * self.decay ** (iteration - 1)
+        return min(delta, current_ms - self.target_ms)
+
+    def short_recipe(self) -> dict[str, Any]:
+        return {"epochs": float(max(1, self.short_steps)), "max_steps": max(1, self.short_steps),
+                "lr": self.short_lr, "warmup_epochs": 0.0, "batch_size": self.batch_size, "threads": self.threads}
+
+    def long_recipe(self) -> dict[str, Any]:
+        return {"epochs": float(self.long_epochs), "lr": self.long_lr, "warmup_epochs": 0.0,
+                "batch_size": self.batch_size, "threads": self.threads}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---- one fine-tune job (what a worker runs) ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FineTuneJob:
+    """Fine-tune `arch` from `weights` (state-dict bytes) and score it. `holdout` set: train on the training
+    split minus the holdout, score on the holdout (ranking proposals); None: train on the whole training split,
+    score on the validation split. `steps` 0 scores without training."""
+
+    index: int
+    arch: str
+    weights: bytes
+    data: str
+    resolution: int
+    recipe: dict[str, Any]
+    seed: int
+    holdout: float | None
+    train: bool = True
+    device: str = "cpu"
+    data_seed: int = 0  # the train/val split's seed (the one the starting network was trained with)
+
+
+@dataclass
+class FineTuneOutcome:
+    index: int
+    top1: float
+    loss: float
+    failed: bool
+    reason: str
+    weights: bytes | None
+    seconds: float
+    worker: str = ""
+
+
+_DATA: dict[tuple[str, int, int, float | None], Any] = {}  # per process: jobs of one run share their data
+
+
+def _job_data(job: FineTuneJob) -> Any:
+    from evaluators import load_data
+    from evaluators.data import holdout_split
+
+    key = (job.data, job.resolution, job.data_seed, job.holdout)
+    if key not in _DATA:
+        if len(_DATA) > 4:
+            _DATA.clear()
+        base = load_data(job.data, resolution=job.resolution, seed=job.data_seed, progress=False)
+        _DATA[key] = base if job.holdout is None else holdout_split(base, job.holdout, seed=job.data_seed)
+    return _DATA[key]
+
+
+def state_bytes(model: Any) -> bytes:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
+    return buf.getvalue()
+
+
+def load_model(arch: Arch, weights: bytes) -> Any:
+    import torch
+
+    from search_space import build_model
+
+    model = build_model(arch)
+    model.load_state_dict(torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True))
+    return model
+
+
+def run_job(job: FineTuneJob) -> FineTuneOutcome:
+    """Fine-tune and score one network (in any process: everything comes in the job)."""
+    import socket
+
+    import torch
+
+    from evaluators import ProxyTrainer, Recipe, evaluate_accuracy
+
+    t0 = time.perf_counter()
+    data = _job_data(job)
+    arch = Arch.parse(job.arch).replace(resolution=data.resolution, num_classes=data.num_classes)
+    model = load_model(arch, job.weights)
+    recipe = Recipe(**job.recipe)
+    trainer = ProxyTrainer(recipe, device=job.device)
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    if job.train:
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.momentum = recipe.bn_momentum
+        result, model = trainer.fine_tune(arch, model.to(trainer.device), data, seed=job.seed)
+        if result.failed:
+            return FineTuneOutcome(job.index, 0.0, math.inf, True, result.reason or "failed", None,
+                                   time.perf_counter() - t0, worker)
+        top1, loss = result.top1, result.loss
+    else:
+        prev = torch.get_num_threads()
+        torch.set_num_threads(recipe.threads)
+        try:
+            x = trainer._tensors(data.x_val, data)
+            y = torch.from_numpy(np.array(data.y_val, dtype=np.int64)).to(trainer.device)
+            top1, loss = evaluate_accuracy(model.to(trainer.device), x, y, recipe.batch_size * 4)
+        finally:
+            torch.set_num_threads(prev)
+    return FineTuneOutcome(job.index, float(top1), float(loss), False, "", state_bytes(model),
+                           time.perf_counter() - t0, worker)
+
+
+Evaluate = Callable[[Sequence[FineTuneJob]], list[FineTuneOutcome]]
+
+
+def evaluate_inline(jobs: Sequence[FineTuneJob]) -> list[FineTuneOutcome]:
+    """Run jobs one after another in this process (library use and tests; `runs` fans them out)."""
+    return [run_job(j) for j in jobs]
+
+
+# ---- selection ---------------------------------------------------------------------------------------------
+
+def select(rows: Sequence[dict[str, Any]], current_top1: float, current_ms: float, selection: str,
+           landing: tuple[float, float] | None = None, landing_slack: float = 0.01) -> int | None:
+    """Index (into rows) of the winning proposal, or None when all failed.
+
+    rows carry top1, loss, latency_ms, failed. `ratio`: max (top1 - current)/(current_ms - latency_ms), ties to
+    higher top1, then lower loss; `accuracy`: max top1, then lower loss. With `landing=(lo, hi)`, proposals whose
+    latency lies in [lo, hi] and whose top1 is within `landing_slack` of the best proposal's win over the others
+    (the last step lands near the target instead of cutting far below it, but never at a real accuracy cost)."""
+    ok = [i for i, r in enumerate(rows) if not r["failed"]]
+    if landing is not None and ok:
+        best_top1 = max(rows[i]["top1"] for i in ok)
+        inside = [i for i in ok if landing[0] <= rows[i]["latency_ms"] <= landing[1]
+                  and rows[i]["top1"] >= best_top1 - landing_slack]
+        ok = inside or ok
+    if not ok:
+        return None
+
+    def key(i: int) -> tuple[float, ...]:
+        r = rows[i]
+        if selection == "ratio":
+            gain = (r["top1"] - current_top1) / max(current_ms - r["latency_ms"], 1e-9)
+            return (round(gain, 9), r["top1"], -r["loss"], -i)  # rounded: equal ratios tie, not float noise
+        return (r["top1"], -r["loss"], -i)
+
+    return max(ok, key=key)
+
+
+# ---- the loop ----------------------------------------------------------------------------------------------
+
+@dataclass
+class Iteration:
+    """A finished iteration as stored on disk (iteration 0 is the starting network)."""
+
+    index: int
+    arch: Arch
+    weights: bytes
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _atomic_dir(final: Path, files: dict[str, bytes]) -> None:
+    tmp = final.with_name(f".{final.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, data in files.items():
+        (tmp / name).write_bytes(data)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+
+
+def _json(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, default=float) + "\n").encode()
+
+
+class NetAdapt:
+    """A resumable NetAdapt run in `out_dir`.
+
+    `latency(arch) -> ms` is the table's prediction of the deployed network; `evaluate` runs fine-tune jobs
+    (possibly in parallel) and returns their outcomes in any order. `on_event(kind, info)` reports progress.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike[str], settings: NetAdaptSettings,
+                 latency: Callable[[Arch], float], evaluate: Evaluate = evaluate_inline,
+                 on_event: Callable[[str, dict[str, Any]], None] | None = None,
+                 identity: dict[str, Any] | None = None) -> None:
+        self.out = Path(out_dir)
+        self.settings = settings
+        self.latency = latency
+        self.evaluate = evaluate
+        self.on_event = on_event or (lambda kind, info: None)
+        self.identity = identity or {}
+
+    # ---- layout ----
+    iterations_dir = property(lambda self: self.out / "iterations")
+    final_dir = property(lambda self: self.out / "final")
+
+    def _iter_dir(self, i: int) -> Path:
+        return self.iterations_dir / f"{i:03d}"
+
+    def done_iterations(self) -> list[int]:
+        if not self.iterations_dir.is_dir():
+            return []
+        found = [int(p.name) for p in self.iterations_dir.iterdir()
+                 if p.is_dir() and p.name.isdigit() and (p / "metrics.json").is_file()]
+        return sorted(found)
+
+    def load_iteration(self, i: int) -> Iteration:
+        d = self._iter_dir(i)
+        return Iteration(i, Arch.from_json((d / "spec.json").read_text()), (d / "weights.pt").read_bytes(),
+                         json.loads((d / "metrics.json").read_text()))
+
+    def _save_iteration(self, it: Iteration) -> None:
+        _atomic_dir(self._iter_dir(it.index), {"spec.json": it.arch.to_json().encode(), "weights.pt": it.weights,
+                                                "metrics.json": _json(it.metrics)})
+
+    # ---- state file: what was asked; a resume must ask the same ----
+    def _state(self, start: Arch) -> dict[str, Any]:
+        return {"settings": self.settings.to_dict(), "start_arch": start.to_string(), **self.identity}
+
+    def _check_state(self, start: Arch) -> None:
+        path = self.out / STATE_FILE
+        want = self._state(start)
+        if path.is_file():
+            have = json.loads(path.read_text())
+            for key in sorted(set(want) | set(have)):
+                a, b = have.get(key), want.get(key)
+                if key == "settings" and isinstance(a, dict) and isinstance(b, dict):
+                    diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+                    if diff:
+                        k = diff[0]
+                        raise NetAdaptError(f"{self.out} holds a NetAdapt run with {k}={a.get(k)!r}; this one asks "
+                                            f"{k}={b.get(k)!r}: resume with the same settings or use another --out")
+                elif a != b:
+                    raise NetAdaptError(f"{self.out} holds a NetAdapt run of another {key} ({a!r}); use another --out")
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(_json(want))
+        os.replace(tmp, path)
+
+    # ---- run ----
+    def _job(self, index: int, arch: Arch, weights: bytes, iteration: int, train: bool = True,
+             final: bool = False) -> FineTuneJob:
+        s = self.settings
+        recipe = s.long_recipe() if final else s.short_recipe()
+        return FineTuneJob(index, arch.to_string(), weights, s.data, s.resolution, recipe, s.seed + iteration,
+                           None if final else s.holdout, train, s.device, s.seed)
+
+    def _one(self, job: FineTuneJob) -> FineTuneOutcome:
+        out = self.evaluate([job])[0]
+        if out.failed:
+            raise NetAdaptError(f"evaluating {job.arch} failed: {out.reason}")
+        return out
+
+    def run(self, start_arch: Arch, start_weights: bytes) -> dict[str, Any]:
+        """Run (or resume) to the target, then the long-term fine-tune; returns the summary (also result.json)."""
+        s = self.settings
+        result_path = self.out / "result.json"
+        self._check_state(start_arch)
+        if result_path.is_file():
+            summary = json.loads(result_path.read_text())
+            self.on_event("finished_before", summary)
+            return summary
+        start_ms = self.latency(start_arch)
+        floor = smallest(start_arch)
+        floor_ms = self.latency(floor)
+        if s.target_ms < start_ms and s.target_ms < floor_ms:
+            raise NetAdaptError(f"target {s.target_ms:.3f} ms is unreachable: the minimum reachable latency is "
+                                f"{floor_ms:.3f} ms (every prunable width at its smallest, from {start_ms:.3f} ms); "
+                                "raise --target-ms")
+        t0 = time.perf_counter()
+        done = self.done_iterations()
+        if not done:
+            base = self._one(self._job(0, start_arch, start_weights, 0, train=False))
+            val = self._one(self._job(0, start_arch, start_weights, 0, train=False, final=True))
+            it = Iteration(0, start_arch, start_weights, {
+                "iteration": 0, "latency_ms": start_ms, "holdout_top1": base.top1, "holdout_loss": base.loss,
+                "val_top1": val.top1, "move": None, "delta_ms": 0.0, "proposals": [], "wall_s": 0.0})
+            self._save_iteration(it)
+            done = [0]
+        else:
+            self.on_event("resumed", {"iteration": done[-1]})
+        current = self.load_iteration(done[-1])
+        history = [self.load_iteration(i).metrics for i in done]
+        elapsed_before = sum(m.get("wall_s", 0.0) for m in history)
+        if start_ms <= s.target_ms:
+            self.on_event("noop", {"start_ms": start_ms, "target_ms": s.target_ms})
+        while current.metrics["latency_ms"] > s.target_ms:
+            i = current.index + 1
+            if i > s.max_iterations:
+                raise NetAdaptError(f"max_iterations {s.max_iterations} reached at "
+                                    f"{current.metrics['latency_ms']:.3f} ms, above the target {s.target_ms:.3f} ms")
+            current = self._iterate(current, i, start_ms)
+            history.append(current.metrics)
+        summary = self._finish(start_arch, start_ms, history, current, floor_ms,
+                               elapsed_before + time.perf_counter() - t0)
+        return summary
+
+    def _iterate(self, current: Iteration, i: int, start_ms: float) -> Iteration:
+        s = self.settings
+        t0 = time.perf_counter()
+        cur_ms = float(current.metrics["latency_ms"])
+        delta = s.delta_ms(i, start_ms, cur_ms)
+        proposals = propose(current.arch, self.latency, delta, cur_ms)
+        if not proposals:  # quantization: no single width meets δ; take the biggest cut each slot can make
+            proposals = [p for p in (self._biggest_cut(current.arch, kind, blocks, width, cur_ms)
+                                     for kind, blocks, width in slots(current.arch)) if p is not None]
+        if not proposals:
+            raise NetAdaptError(f"no width can shrink any further at {cur_ms:.3f} ms (target {s.target_ms:.3f} ms)")
+        self.on_event("iteration", {"iteration": i, "delta_ms": delta, "current_ms": cur_ms,
+                                    "proposals": len(proposals)})
+        parent = load_model(current.arch, current.weights)
+        jobs = []
+        for k, p in enumerate(proposals):
+            _, pruned = p.move.apply(current.arch, parent)
+            jobs.append(self._job(k, p.arch, state_bytes(pruned), i, train=s.short_steps > 0))
+        outcomes = {o.index: o for o in self.evaluate(jobs)}
+        rows = []
+        for k, p in enumerate(proposals):
+            o = outcomes[k]
+            rows.append({"iteration": i, "proposal": k, "move": p.move.label, **p.move.to_dict(),
+                         "latency_ms": p.latency_ms, "top1": o.top1, "loss": o.loss, "failed": o.failed,
+                         "reason": o.reason, "seconds": o.seconds})
+        landing = None
+        if cur_ms - s.target_ms <= delta + 1e-12:  # this step can reach the target
+            landing = (s.target_ms * (1 - s.land_tol), s.target_ms)
+        win = select(rows, float(current.metrics["holdout_top1"]), cur_ms, s.selection, landing)
+        if win is None:
+            raise NetAdaptError(f"every proposal of iteration {i} failed (first: {rows[0]['reason']})")
+        for r in rows:
+            r["selected"] = r["proposal"] == win
+        chosen = proposals[win]
+        metrics = {"iteration": i, "latency_ms": chosen.latency_ms, "holdout_top1": rows[win]["top1"],
+                   "holdout_loss": rows[win]["loss"], "move": chosen.move.label, "delta_ms": delta,
+                   "proposals": rows, "wall_s": time.perf_counter() - t0}
+        weights = outcomes[win].weights
+        assert weights is not None
+        it = Iteration(i, chosen.arch, weights, metrics)
+        self._save_iteration(it)
+        self.on_event("selected", {"iteration": i, "move": chosen.move.label, "latency_ms": chosen.latency_ms,
+                                   "top1": rows[win]["top1"], "target_ms": s.target_ms})
+        return it
+
+    def _biggest_cut(self, arch: Arch, kind: str, blocks: tuple[int, ...], width: int,
+                     cur_ms: float) -> Proposal | None:
+        for keep in reversed(_keeps(width)):
+            move = Move(kind, blocks, width, keep)
+            try:
+                new = move.arch(arch)
+            except SpecError:
+                continue
+            ms = self.latency(new)
+            return Proposal(move, new, ms) if ms < cur_ms else None
+        return None
+
+    def _finish(self, start_arch: Arch, start_ms: float, history: list[dict[str, Any]], last: Iteration,
+                floor_ms: float, adapt_s: float) -> dict[str, Any]:
+        s = self.settings
+        t0 = time.perf_counter()
+        self.write_trajectory(history)
+        if s.long_epochs > 0 and last.index > 0:
+            self.on_event("long", {"epochs": s.long_epochs})
+            out = self._one(self._job(0, last.arch, last.weights, LONG_SEED_OFFSET, final=True))
+        else:
+            out = self._one(self._job(0, last.arch, last.weights, LONG_SEED_OFFSET, train=False, final=True))
+        assert out.weights is not None
+        first = history[0]
+        summary = {
+            "start_arch": start_arch.to_string(), "final_arch": last.arch.to_string(),
+            "target_ms": s.target_ms, "start_predicted_ms": start_ms, "final_predicted_ms": last.metrics["latency_ms"],
+            "min_reachable_ms": floor_ms, "iterations": last.index, "noop": last.index == 0,
+            "top1_before": first["val_top1"], "top1_after": out.top1, "val_loss_after": out.loss,
+            "long_epochs": s.long_epochs if last.index > 0 else 0.0,
+            "adapt_s": adapt_s, "long_s": time.perf_counter() - t0, "settings": s.to_dict(),
+        }
+        _atomic_dir(self.final_dir, {"spec.json": last.arch.to_json().encode(),
+                                     "arch.txt": (last.arch.to_string() + "\n").encode(), "weights.pt": out.weights})
+        tmp = self.out / "result.json.tmp"
+        tmp.write_bytes(_json(summary))
+        os.replace(tmp, self.out / "result.json")
+        self.on_event("finished", summary)
+        return summary
+
+    def write_trajectory(self, history: list[dict[str, Any]]) -> None:
+        import pandas as pd
+
+        traj = pd.DataFrame([{k: m.get(k) for k in ("iteration", "latency_ms", "holdout_top1", "holdout_loss",
+                                                     "move", "delta_ms", "wall_s")} for m in history])
+        traj.to_parquet(self.out / "trajectory.parquet", index=False)
+        props = [r for m in history for r in m.get("proposals", [])]
+        if props:
+            pd.DataFrame(props).to_parquet(self.out / "proposals.parquet", index=False)
+        plot_trajectory(traj, self.settings.target_ms, self.out / "trajectory.png")
+
+
+def plot_trajectory(traj: Any, target_ms: float, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    ax.plot(traj["latency_ms"], 100 * traj["holdout_top1"], "o-", color="tab:blue", ms=4,
+            label="after short-term fine-tune")
+    ax.plot(traj["latency_ms"].iloc[:1], 100 * traj["holdout_top1"].iloc[:1], "*", color="tab:orange", ms=14,
+            label="start")
+    ax.axvline(target_ms, color="tab:red", ls="--", lw=1, label=f"target {target_ms:.3f} ms")
+    ax.invert_xaxis()
+    ax.set_xlabel("predicted latency (ms)")
+    ax.set_ylabel("held-out top-1 (%)")
+    ax.set_title(f"NetAdapt: {len(traj) - 1} iterations")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

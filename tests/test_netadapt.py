@@ -1,0 +1,283 @@
+"""NetAdapt: proposals sized by the latency table, selection, the loop, its CLI, no-op, unreachable, resume after kill.
+
+A three-block network (one residual group) and its 32 px latency table measured in the module fixture keep every
+run to seconds; the kill test uses a real process and SIGKILL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+import latency as lat
+import search_space as ss
+from evaluators import ProxyTrainer, Recipe, holdout_split, load_data
+from runs.cli import cli
+from searchers.netadapt import (
+    Move,
+    NetAdapt,
+    NetAdaptError,
+    NetAdaptSettings,
+    _keeps,
+    propose,
+    select,
+    slots,
+    smallest,
+    state_bytes,
+)
+
+BNECK = [sys.executable, "-m", "runs.cli"]
+FAST = lat.Protocol(warmup_runs=2, warmup_s=0.0, min_runs=5, min_time_s=0.002, attempts=1, calibration_rounds=2)
+SEED_ARCH = ss.Arch(ss.Stem(16, act="hswish"),
+                    (ss.Bneck(3, 48, 24, 2, True, "relu"), ss.Bneck(3, 72, 24, 1, False, "relu"),
+                     ss.Bneck(3, 96, 40, 2, True, "hswish")),
+                    ss.Head(conv=64, hidden=None), num_classes=10, resolution=32)
+QUICK = ["--short-steps", "2", "--long-epochs", "0.25", "--step-frac", "0.05", "--threads", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory) -> dict:
+    """The trained start network (3 epochs on digits), its weights file and a table of the space around it."""
+    d = tmp_path_factory.mktemp("netadapt")
+    space = ss.space_around("na_space", SEED_ARCH, expand_ratios=(2.0, 3.0), width_ratios=(1.0, 1.5),
+                            kernels=(3,), depth_delta=0, num_classes=10, resolution=32)
+    table, table_path = lat.build_table(space, 32, out=d / "table.parquet", n_calibration=3, protocol=FAST,
+                                        workers=1, show_progress=False)
+    data = load_data("builtin:digits", 32)
+    result = ProxyTrainer(Recipe(epochs=3, threads=1)).evaluate(SEED_ARCH, data, seed=0, return_model=True)
+    torch.save(result.model.state_dict(), d / "start.pt")  # type: ignore[attr-defined]
+    (d / "start.json").write_text(SEED_ARCH.to_json())
+    start_ms = table.predict_ms(SEED_ARCH)
+    return {"dir": d, "table": table, "table_path": table_path, "weights": d / "start.pt", "spec": d / "start.json",
+            "model": result.model, "top1": result.top1, "start_ms": start_ms}  # type: ignore[attr-defined]
+
+
+def cli_args(net: dict, out: Path, target_ms: float, *extra: str) -> list[str]:
+    return ["netadapt", "--arch", str(net["spec"]), "--weights", str(net["weights"]), "--table",
+            str(net["table_path"]), "--target-ms", f"{target_ms:.6f}", "--out", str(out), *QUICK, *extra]
+
+
+@pytest.fixture(scope="module")
+def finished(net, tmp_path_factory) -> dict:
+    """One uninterrupted CLI run to 85% of the start's predicted latency."""
+    out = tmp_path_factory.mktemp("na_run") / "out"
+    target = 0.85 * net["start_ms"]
+    res = CliRunner().invoke(cli, cli_args(net, out, target))
+    assert res.exit_code == 0, res.output
+    return {"out": out, "target": target, "output": res.output,
+            "result": json.loads((out / "result.json").read_text())}
+
+
+# ---- proposals --------------------------------------------------------------------------------------------
+def test_slots_are_each_expansion_with_its_own_conv_and_each_residual_group():
+    v3 = ss.mobilenet_v3_small()
+    found = slots(v3)
+    expands = [b for kind, b, _ in found if kind == "expand"]
+    groups = [b for kind, b, _ in found if kind == "group"]
+    assert (0,) not in expands  # block 0: expansion 16 == input 16, no expand conv
+    assert len(expands) == 10
+    assert groups == [(0,), (1, 2), (3, 4, 5), (6, 7), (8, 9, 10)]
+    assert list(_keeps(96)) == list(range(88, 7, -8)) and list(_keeps(100)) == list(range(96, 7, -8))
+
+
+def _accepts(arch: ss.Arch, move: Move) -> bool:
+    try:
+        move.arch(arch)
+    except ss.SpecError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("frac", [0.05, 0.5, 0.95])
+def test_every_proposal_meets_delta_per_the_table_with_the_largest_such_width(net, frac):
+    table, arch = net["table"], SEED_ARCH
+    current = table.predict_ms(arch)
+    biggest_cut = current - min(table.predict_ms(Move(k, b, w, 8).arch(arch)) for k, b, w in slots(arch)
+                                if _accepts(arch, Move(k, b, w, 8)))
+    delta = frac * biggest_cut  # measured tables differ run to run: δ relative to what one move can do
+    proposals = propose(arch, table.predict_ms, delta)
+    assert proposals, "the table must allow some proposal"
+    for p in proposals:
+        assert p.latency_ms == pytest.approx(table.predict_ms(p.arch))
+        assert p.latency_ms <= current - delta + 1e-12
+        assert p.move.keep % 8 == 0 and p.move.keep < p.move.width
+        for wider in range(p.move.keep + 8, p.move.width, 8):  # every wider accepted width misses δ
+            try:
+                a = Move(p.move.kind, p.move.blocks, p.move.width, wider).arch(arch)
+            except ss.SpecError:
+                continue
+            assert table.predict_ms(a) > current - delta
+    assert len({p.move.blocks + (hash(p.move.kind),) for p in proposals}) == len(proposals)  # one per slot
+
+
+def test_proposals_skip_widths_the_surgery_refuses(net):
+    # block 1 consumes group (0,1)'s width 24 and expands to 72: a group width of 72 is impossible anyway, but
+    # an expansion of block 2 equal to its input (24) would drop its expand conv: never proposed
+    for p in propose(SEED_ARCH, net["table"].predict_ms, 1e-6):
+        new = p.arch
+        for i, b in enumerate(new.blocks):
+            assert (b.expand != new.in_channels[i]) == (SEED_ARCH.blocks[i].expand != SEED_ARCH.in_channels[i])
+
+
+def test_smallest_is_the_floor_of_every_move(net):
+    floor = smallest(SEED_ARCH)
+    assert propose(floor, net["table"].predict_ms, 1e-9) == [] or \
+        all(p.latency_ms >= net["table"].predict_ms(floor) - 1e-9 for p in propose(floor, net["table"].predict_ms, 0))
+    assert all(w <= 16 for _, _, w in slots(floor))
+
+
+# ---- schedule and selection -------------------------------------------------------------------------------
+def test_delta_schedule_decays_and_never_overshoots_what_is_left():
+    s = NetAdaptSettings(target_ms=9.0, step_frac=0.02, decay=0.5)
+    assert s.delta_ms(1, 10.0, 10.0) == pytest.approx(0.2)
+    assert s.delta_ms(3, 10.0, 10.0) == pytest.approx(0.05)
+    assert s.delta_ms(1, 10.0, 9.1) == pytest.approx(0.1)  # only 0.1 ms left to the target
+    with pytest.raises(NetAdaptError, match="step_frac"):
+        NetAdaptSettings(target_ms=1.0, step_frac=0)
+    with pytest.raises(NetAdaptError, match="selection"):
+        NetAdaptSettings(target_ms=1.0, selection="best")
+
+
+def test_selection_ratio_accuracy_and_landing():
+    rows = [{"top1": 0.90, "loss": 0.5, "latency_ms": 9.0, "failed": False},   # -5 pts for 1 ms: -0.05/ms
+            {"top1": 0.94, "loss": 0.4, "latency_ms": 9.8, "failed": False},   # -1 pt for 0.2 ms: -0.05/ms, higher top1
+            {"top1": 0.92, "loss": 0.3, "latency_ms": 9.5, "failed": False},   # -3 pts for 0.5 ms: -0.06/ms
+            {"top1": 0.99, "loss": 0.1, "latency_ms": 9.9, "failed": True}]
+    assert select(rows, 0.95, 10.0, "ratio") == 1
+    assert select(rows, 0.95, 10.0, "accuracy") == 1
+    rows[0]["top1"] = 0.93  # -2 pts for 1 ms: the best ratio, not the best accuracy
+    assert select(rows, 0.95, 10.0, "ratio") == 0
+    assert select(rows, 0.95, 10.0, "accuracy") == 1
+    rows[2]["top1"] = 0.935  # within a point of the best accuracy (0.94)
+    assert select(rows, 0.95, 10.0, "ratio", landing=(9.4, 9.6)) == 2  # the only one landing near the target
+    rows[2]["top1"] = 0.80  # ... but not when landing costs real accuracy
+    assert select(rows, 0.95, 10.0, "ratio", landing=(9.4, 9.6)) == 0
+    assert select([dict(rows[3])], 0.95, 10.0, "ratio") is None
+
+
+def test_holdout_split_is_disjoint_stratified_and_keeps_normalization():
+    data = load_data("builtin:digits", 32)
+    h = holdout_split(data, 0.25, seed=0)
+    assert len(h.y_train) + len(h.y_val) == len(data.y_train)
+    assert h.mean == data.mean and h.std == data.std and h.fingerprint != data.fingerprint
+    assert set(np.unique(h.y_val)) == set(range(10))
+    rows = {x.tobytes() for x in np.asarray(h.x_train)}
+    assert not any(x.tobytes() in rows for x in np.asarray(h.x_val)[:50])
+    again = holdout_split(data, 0.25, seed=0)
+    assert np.array_equal(again.y_val, h.y_val)
+
+
+# ---- the loop -------------------------------------------------------------------------------------------------
+def test_run_reaches_the_target_and_writes_every_output(net, finished):
+    out, r = finished["out"], finished["result"]
+    target = finished["target"]
+    assert target * 0.8 <= r["final_predicted_ms"] <= target  # reached, not far below
+    final = ss.Arch.from_json((out / "final" / "spec.json").read_text())
+    assert net["table"].predict_ms(final) == pytest.approx(r["final_predicted_ms"])
+    assert r["iterations"] >= 2 and not r["noop"]
+    traj = pd.read_parquet(out / "trajectory.parquet")
+    assert list(traj["iteration"]) == list(range(r["iterations"] + 1))
+    assert (np.diff(traj["latency_ms"]) < 0).all()
+    props = pd.read_parquet(out / "proposals.parquet")
+    assert (props.groupby("iteration")["selected"].sum() == 1).all()
+    assert sorted(props.loc[props["selected"], "move"]) == sorted(traj["move"].iloc[1:])
+    # every iteration's latency cut met its δ (except the last, which may only need what was left)
+    for i in range(1, r["iterations"]):
+        assert traj["latency_ms"][i - 1] - traj["latency_ms"][i] >= traj["delta_ms"][i] - 1e-9
+    model = ss.build_model(final)
+    ss.load_weights(model, out / "final" / "weights.pt")  # strict load: weights match the pruned spec
+    for name in ("final/model.onnx", "trajectory.png", "netadapt.json", "iterations/000/weights.pt"):
+        assert (out / name).is_file(), name
+    assert r["top1_before"] == pytest.approx(net["top1"])  # the start scored on the same validation split
+    assert 0 < r["top1_after"] <= 1
+
+
+def test_same_settings_give_the_same_result_with_two_workers(net, finished, tmp_path):
+    out = tmp_path / "w2"
+    res = CliRunner().invoke(cli, cli_args(net, out, finished["target"], "--workers", "2"))
+    assert res.exit_code == 0, res.output
+    r = json.loads((out / "result.json").read_text())
+    assert r["final_arch"] == finished["result"]["final_arch"]
+    assert r["top1_after"] == pytest.approx(finished["result"]["top1_after"])
+
+
+def test_target_already_met_is_a_noop_with_a_message(net, tmp_path):
+    out = tmp_path / "noop"
+    res = CliRunner().invoke(cli, cli_args(net, out, net["start_ms"] * 1.01))
+    assert res.exit_code == 0, res.output
+    assert "nothing to prune (no-op)" in res.output
+    r = json.loads((out / "result.json").read_text())
+    assert r["noop"] and r["iterations"] == 0 and r["final_arch"] == r["start_arch"]
+    assert r["top1_after"] == pytest.approx(net["top1"])  # scored as is, no fine-tune
+    state = torch.load(out / "final" / "weights.pt", weights_only=True)
+    for k, v in net["model"].state_dict().items():
+        assert torch.equal(state[k], v), k
+
+
+def test_unreachable_target_is_one_line_naming_the_minimum(net, tmp_path):
+    floor_ms = net["table"].predict_ms(smallest(SEED_ARCH))
+    res = CliRunner().invoke(cli, cli_args(net, tmp_path / "u", floor_ms * 0.5))
+    assert res.exit_code == 2
+    line = res.output.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in line
+    assert "unreachable" in line and f"{floor_ms:.3f} ms" in line
+    with pytest.raises(NetAdaptError, match="minimum reachable latency"):
+        NetAdapt(tmp_path / "lib", NetAdaptSettings(target_ms=floor_ms * 0.5), net["table"].predict_ms).run(
+            SEED_ARCH, state_bytes(net["model"]))
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--target-ms", "1"], "give --run DIR"),
+    (["--arch", "x.json", "--target-ms", "1"], "--arch needs --weights"),
+    (["--arch", "mobilenet_v3_small", "--weights", "missing.pt", "--table", "t.parquet", "--target-ms", "1"],
+     "--table t.parquet: no such file"),
+])
+def test_usage_errors_exit_2(tmp_path, args, needle):
+    res = CliRunner().invoke(cli, ["netadapt", *args])
+    assert res.exit_code == 2 and needle in res.output and "Traceback" not in res.output
+
+
+def test_resume_with_other_settings_is_refused(net, finished):
+    res = CliRunner().invoke(cli, cli_args(net, finished["out"], finished["target"], "--selection", "accuracy"))
+    assert res.exit_code == 2 and "selection='ratio'" in res.output
+
+
+def test_finished_run_is_not_redone(net, finished):
+    before = (finished["out"] / "result.json").stat().st_mtime_ns
+    res = CliRunner().invoke(cli, cli_args(net, finished["out"], finished["target"]))
+    assert res.exit_code == 0 and "already finished" in res.output
+    assert (finished["out"] / "result.json").stat().st_mtime_ns == before
+
+
+def test_resume_after_kill_continues_from_the_last_iteration(net, finished, tmp_path):
+    out = tmp_path / "killed"
+    cmd = BNECK + cli_args(net, out, finished["target"])
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "iterations" / "001" / "metrics.json").is_file():
+        assert proc.poll() is None, "netadapt ended before its first iteration"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "result.json").exists()
+    done_before = sorted(p.name for p in (out / "iterations").iterdir() if p.name.isdigit())
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    said = "".join(res.stderr.split())  # rich wraps long lines
+    assert f"resuming{out}afteriteration{int(done_before[-1])}" in said
+    r = json.loads((out / "result.json").read_text())
+    assert r["final_arch"] == finished["result"]["final_arch"]  # deterministic: resumed == uninterrupted
+    assert r["top1_after"] == pytest.approx(finished["result"]["top1_after"])
