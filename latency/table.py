@@ -210,7 +210,8 @@ class LatencyTable:
 
         Heads/stems are measured at few widths and their rows are noisy relative to the small share the pruned
         width has in their work, so no regression: piecewise-linear in mult-adds between the measured rows
-        around it, and outside them the nearest row scaled by the mult-adds ratio.
+        around it, and outside them the nearest row scaled by the mult-adds ratio. A head whose conv width was
+        never measured (a uniformly thinner network) uses every head row of its input size the same way.
         """
         e = self.entries
         if cfg.kind == "head":
@@ -219,11 +220,13 @@ class LatencyTable:
         else:
             rows = e[(e["kind"] == "stem") & (e["size"] == cfg.size) & (e["cin"] == cfg.cin)
                      & (e["kernel"] == cfg.kernel) & (e["stride"] == cfg.stride) & (e["act"] == cfg.act)]
+        if not len(rows) and cfg.kind == "head":  # another conv width too (uniform width scaling): any head
+            rows = e[(e["kind"] == "head") & (e["size"] == cfg.size) & (e["act"] == cfg.act)
+                     & (e["num_classes"] == cfg.num_classes) & ((e["out"] > 0) == (cfg.out > 0))]
         if not len(rows):
             return None
-        width_col = "cin" if cfg.kind == "head" else "out"
-        m = np.array([float(layer_cost(dataclasses.replace(cfg, **{width_col: int(w)}))[1])
-                      for w in rows[width_col]])
+        m = np.array([float(layer_cost(dataclasses.replace(cfg, cin=int(r["cin"]), expand=int(r["expand"]),
+                                                           out=int(r["out"])))[1]) for _, r in rows.iterrows()])
         us = rows["median_us"].to_numpy(dtype=float)
         order = np.argsort(m)
         m, us = m[order], us[order]

@@ -24,7 +24,7 @@ class ConfigError(ValueError):
 
 
 # Settings a resumed run may change; everything else defines the search and is fixed once it started.
-PIPELINE_KEYS = ("exports",)  # what `bneck run` does after the search (runs.pipeline)
+PIPELINE_KEYS = ("exports", "netadapt")  # what `bneck run` does after the search (runs.pipeline)
 RESUMABLE = ("trials", "workers", "threads", "backend", "address", "keep_weights", "progress")
 
 

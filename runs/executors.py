@@ -36,10 +36,22 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
+def _exit_with_parent(parent: int) -> None:
+    """A worker whose driver was killed (kill -9 leaves no time to stop the pool) exits instead of lingering
+    as an orphan holding a data set and a model in memory."""
+    import time
+
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
+
+
 def _local_worker_init(threads: int) -> None:
     import signal
+    import threading
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's: it re-queues the running trials
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     init_worker(threads)
 
 

@@ -202,6 +202,7 @@ def _markdown(run: RunDir, frame: pd.DataFrame, done: pd.DataFrame, front: pd.Da
                   f"```\n{best['arch']}\n```", "",
                   f"Trained weights: {f'`weights/trial_{t}.pt`' if kept else 'not kept'}. Export: "
                   f"`bneck export {run.path} --best --format onnx` (or json, torchscript, timm)."]
+    lines += _netadapt_lines(run)
     lines += ["", "## Reference", ""]
     lines += _reference_lines(refs, best, label, cfg)
     lines += ["", "## Pareto front (top-1 up, latency down)", "",
@@ -220,6 +221,23 @@ def _markdown(run: RunDir, frame: pd.DataFrame, done: pd.DataFrame, front: pd.Da
     reasons = frame.loc[frame["state"] == "FAIL", "fail_reason"].astype(str).str.slice(0, 100).value_counts()
     lines += [f"  - {n} x {reason or 'no reason recorded'}" for reason, n in reasons.head(5).items()]
     return "\n".join(lines) + "\n"
+
+
+def _netadapt_lines(run: RunDir) -> list[str]:
+    """The NetAdapt step of `bneck run` (RUN/netadapt/result.json), when it ran."""
+    path = run.path / "netadapt" / "result.json"
+    try:
+        r = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    if r.get("noop"):
+        return ["", "## NetAdapt", "", f"No-op: the best trial already meets {r['target_ms']:.3f} ms."]
+    return ["", "## NetAdapt", "",
+            f"The best trial pruned layer by layer from {r['start_predicted_ms']:.3f} to "
+            f"**{r['final_predicted_ms']:.3f} ms** predicted (target {r['target_ms']:.3f} ms) in {r['iterations']} "
+            f"iterations; top-1 {100 * r['top1_before']:.2f}% -> **{100 * r['top1_after']:.2f}%** after "
+            f"{r['long_epochs']:g} epochs of long-term fine-tune. Files: `netadapt/final/` (spec.json, weights.pt, "
+            "model.onnx), `netadapt/trajectory.png`.", "", f"```\n{r['final_arch']}\n```"]
 
 
 def _reference_lines(refs: pd.DataFrame, best: pd.Series | None, label: str, cfg: dict[str, Any]) -> list[str]:

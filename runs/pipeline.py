@@ -1,4 +1,4 @@
-"""`bneck run`: the main job, table -> search -> export -> report, on the embedded defaults or a config file.
+"""`bneck run`: the main job, table -> search -> NetAdapt -> export -> report, on the defaults or a config file.
 
 The defaults are sized for a laptop-class CPU: a real MobileNetV3-Small-space search on builtin:digits with
 this machine's 224 px latency table (built once, then cached), a small budget, in well under 10 minutes.
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import click
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from runs.config import ConfigError, RunConfig, default_run_dir, read_yaml
 from runs.errors import UserError, console_err, console_out
@@ -27,14 +27,30 @@ MAIN_JOB: dict[str, Any] = {
 EXPORT_FORMATS = ("json", "onnx", "torchscript", "timm")
 
 
+class NetAdaptStep(BaseModel):
+    """NetAdapt on the best trial after the search (`netadapt: null` skips it). Defaults are the main job's: a
+    short schedule (δ 3%, 5-step fine-tunes) that fits its time budget; `bneck netadapt` defaults to MobileNetV3's."""
+
+    model_config = ConfigDict(extra="forbid")
+    target_frac: float = Field(0.9, gt=0, lt=1, description="target = this x the best trial's predicted latency")
+    target_ms: float | None = Field(None, gt=0, description="an absolute target instead of target_frac")
+    step_frac: float = Field(0.03, gt=0, lt=1)
+    decay: float = Field(1.0, gt=0, le=1)
+    selection: Literal["ratio", "accuracy"] = "ratio"
+    short_steps: int = Field(5, ge=0)
+    long_epochs: float = Field(1.0, ge=0)
+    workers: int = Field(2, ge=1, description="proposals fine-tuned at once (the result does not depend on it)")
+
+
 class PipelineConfig(RunConfig):
     """A run config plus what the pipeline does after the search."""
 
     exports: list[Literal["json", "onnx", "torchscript", "timm"]] = Field(default_factory=lambda: ["json", "onnx",
                                                                                                    "timm"])
+    netadapt: NetAdaptStep | None = Field(default_factory=NetAdaptStep)
 
     def run_config(self) -> RunConfig:
-        return RunConfig.model_validate(self.model_dump(exclude={"exports"}))
+        return RunConfig.model_validate(self.model_dump(exclude={"exports", "netadapt"}))
 
 
 def load_pipeline(path: Path | None) -> PipelineConfig:
@@ -58,25 +74,49 @@ def run_pipeline(pipeline: PipelineConfig, out: Path | None) -> dict[str, Any]:
     t0 = time.time()
     config = pipeline.run_config()
     run = RunDir(out if out is not None else default_run_dir(config, RUNS_DIR))
-    console_err.print(f"[bold]1/4 latency table[/] for {config.space} at {config.latency_resolution} px "
+    steps = 5 if pipeline.netadapt is not None else 4
+    console_err.print(f"[bold]1/{steps} latency table[/] for {config.space} at {config.latency_resolution} px "
                       "(cached per device; built on first use)")
     run_, setup = start_run(config, run.path, None, {})
     console_err.print(f"    {setup.table_path} · target {setup.target_ms:.3f} ms (the space's preset)")
-    console_err.print(f"[bold]2/4 search[/]: {config.trials} trials of {config.searcher} on {config.data}")
+    console_err.print(f"[bold]2/{steps} search[/]: {config.trials} trials of {config.searcher} on {config.data}")
     execute(run_, setup)
     summary(run_, setup)
-    console_err.print("[bold]3/4 export[/] of the best architecture")
     files: dict[str, Any] = {"run": str(run.path), "trials": str(run.trials), "pareto": str(run.pareto)}
     best = write_best(run)
     files["best"] = str(run.best)
+    if pipeline.netadapt is not None and best is not None:
+        console_err.print(f"[bold]3/{steps} NetAdapt[/] on the best trial ({best['trial']}, "
+                          f"{best['latency_ms']:.3f} ms)")
+        files.update(_netadapt(run, pipeline.netadapt, float(best["latency_ms"]), config))
+    console_err.print(f"[bold]{steps - 1}/{steps} export[/] of the best architecture")
     for fmt in pipeline.exports:
         files[f"export_{fmt}"] = export_trial(run, fmt)["path"]
-    console_err.print("[bold]4/4 report[/]")
+    console_err.print(f"[bold]{steps}/{steps} report[/]")
     png, md = write_report(run)
     files.update(report_png=str(png), report_md=str(md))
     files["wall_s"] = round(time.time() - t0, 1)
     files["best_trial"] = None if best is None else best["trial"]
     return files
+
+
+def _netadapt(run: RunDir, step: NetAdaptStep, best_ms: float, config: RunConfig) -> dict[str, Any]:
+    from runs.netadapt_cli import run_netadapt, start_from_run
+
+    start = start_from_run(run.path, None)
+    target = step.target_ms if step.target_ms is not None else step.target_frac * best_ms
+    settings = {"target_ms": target, "step_frac": step.step_frac, "decay": step.decay, "selection": step.selection,
+                "short_steps": step.short_steps, "long_epochs": step.long_epochs}
+    assert start.table is not None  # a run's saved config always names its table
+    threads = max(1, config.worker_threads() * config.workers // step.workers)
+    summary = run_netadapt(start, start.table, run.path / "netadapt", settings, step.workers, threads, "local",
+                           None, config.progress)
+    console_err.print(f"    {summary['start_predicted_ms']:.3f} -> {summary['final_predicted_ms']:.3f} ms predicted "
+                      f"in {summary['iterations']} iterations, top-1 {100 * summary['top1_before']:.2f}% -> "
+                      f"{100 * summary['top1_after']:.2f}%", highlight=False)
+    final = run.path / "netadapt" / "final"
+    return {"netadapt_spec": str(final / "spec.json"), "netadapt_onnx": str(final / "model.onnx"),
+            "netadapt_trajectory": str(run.path / "netadapt" / "trajectory.png")}
 
 
 @click.command("run")
@@ -94,9 +134,9 @@ def run_cmd(config_file: Path | None, out: Path | None) -> None:
     except USER_ERRORS as exc:
         raise UserError(str(exc)) from None
     console_out.print(f"done in {files['wall_s']:.0f} s. Everything is in {files['run']}:")
-    for key in ("trials", "pareto", "best", *[k for k in files if k.startswith("export_")], "report_png",
-                "report_md"):
+    for key in ("trials", "pareto", "best", *[k for k in files if k.startswith(("export_", "netadapt_"))],
+                "report_png", "report_md"):
         console_out.print(f"  {key:14s} {files[key]}", highlight=False)
 
 
-__all__ = ["EXPORT_FORMATS", "MAIN_JOB", "PipelineConfig", "load_pipeline", "run_cmd", "run_pipeline"]
+__all__ = ["EXPORT_FORMATS", "MAIN_JOB", "NetAdaptStep", "PipelineConfig", "load_pipeline", "run_cmd", "run_pipeline"]

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 
 import latency as lat
@@ -40,7 +41,7 @@ from searchers.netadapt import (
 BNECK = [sys.executable, "-m", "runs.cli"]
 FAST = lat.Protocol(warmup_runs=2, warmup_s=0.0, min_runs=5, min_time_s=0.002, attempts=1, calibration_rounds=2)
 SEED_ARCH = ss.Arch(ss.Stem(16, act="hswish"),
-                    (ss.Bneck(3, 48, 24, 2, True, "relu"), ss.Bneck(3, 72, 24, 1, False, "relu"),
+                    (ss.Bneck(3, 48, 24, 2, True, "relu"), ss.Bneck(3, 72, 24, 1, True, "relu"),
                      ss.Bneck(3, 96, 40, 2, True, "hswish")),
                     ss.Head(conv=64, hidden=None), num_classes=10, resolution=32)
 QUICK = ["--short-steps", "2", "--long-epochs", "0.25", "--step-frac", "0.05", "--threads", "1", "--no-progress"]
@@ -50,8 +51,9 @@ QUICK = ["--short-steps", "2", "--long-epochs", "0.25", "--step-frac", "0.05", "
 def net(tmp_path_factory) -> dict:
     """The trained start network (3 epochs on digits), its weights file and a table of the space around it."""
     d = tmp_path_factory.mktemp("netadapt")
-    space = ss.space_around("na_space", SEED_ARCH, expand_ratios=(2.0, 3.0), width_ratios=(1.0, 1.5),
+    space = ss.space_around("na_space", SEED_ARCH, expand_ratios=(2.0, 3.0, 4.0), width_ratios=(1.0, 1.5),
                             kernels=(3,), depth_delta=0, num_classes=10, resolution=32)
+    (d / "space.json").write_text(json.dumps(space.to_dict()))
     table, table_path = lat.build_table(space, 32, out=d / "table.parquet", n_calibration=3, protocol=FAST,
                                         workers=1, show_progress=False)
     data = load_data("builtin:digits", 32)
@@ -59,7 +61,8 @@ def net(tmp_path_factory) -> dict:
     torch.save(result.model.state_dict(), d / "start.pt")  # type: ignore[attr-defined]
     (d / "start.json").write_text(SEED_ARCH.to_json())
     start_ms = table.predict_ms(SEED_ARCH)
-    return {"dir": d, "table": table, "table_path": table_path, "weights": d / "start.pt", "spec": d / "start.json",
+    return {"dir": d, "space": d / "space.json", "table": table, "table_path": table_path, "weights": d / "start.pt",
+            "spec": d / "start.json",
             "model": result.model, "top1": result.top1, "start_ms": start_ms}  # type: ignore[attr-defined]
 
 
@@ -260,6 +263,18 @@ def test_finished_run_is_not_redone(net, finished):
     assert (finished["out"] / "result.json").stat().st_mtime_ns == before
 
 
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
 def test_resume_after_kill_continues_from_the_last_iteration(net, finished, tmp_path):
     out = tmp_path / "killed"
     cmd = BNECK + cli_args(net, out, finished["target"])
@@ -270,9 +285,15 @@ def test_resume_after_kill_continues_from_the_last_iteration(net, finished, tmp_
         assert proc.poll() is None, "netadapt ended before its first iteration"
         assert time.time() < deadline
         time.sleep(0.05)
+    workers = _children(proc.pid)
+    assert workers, "the local executor runs proposals in worker processes"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "result.json").exists()
+    deadline = time.time() + 15
+    while any(Path(f"/proc/{w}").exists() for w in workers):  # orphaned workers notice and exit
+        assert time.time() < deadline, "worker processes outlived their killed driver"
+        time.sleep(0.2)
     done_before = sorted(p.name for p in (out / "iterations").iterdir() if p.name.isdigit())
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
@@ -281,3 +302,29 @@ def test_resume_after_kill_continues_from_the_last_iteration(net, finished, tmp_
     r = json.loads((out / "result.json").read_text())
     assert r["final_arch"] == finished["result"]["final_arch"]  # deterministic: resumed == uninterrupted
     assert r["top1_after"] == pytest.approx(finished["result"]["top1_after"])
+
+
+def test_bneck_run_prunes_the_best_trial_and_reports_it(net, tmp_path):
+    cfg = {"space": str(net["space"]), "table": str(net["table_path"]), "latency_resolution": 32, "epochs": 3.0,
+           "trials": 2, "searcher": "random", "eval_cache": False, "progress": False, "threads": 1,
+           "exports": ["json"],
+           "netadapt": {"target_frac": 0.9, "step_frac": 0.05, "short_steps": 1, "long_epochs": 0.1, "workers": 1}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    res = CliRunner().invoke(cli, ["run", "--config", str(tmp_path / "run.yaml"), "--out", str(run)],
+                             env={"BNECK_CACHE": str(tmp_path / "cache")})
+    assert res.exit_code == 0, res.output
+    best = json.loads((run / "best" / "best.json").read_text())
+    r = json.loads((run / "netadapt" / "result.json").read_text())
+    assert r["target_ms"] == pytest.approx(0.9 * best["latency_ms"])
+    assert r["final_predicted_ms"] <= r["target_ms"]
+    assert ss.Arch.parse(r["start_arch"]).arch_id == ss.Arch.parse(best["arch"]).arch_id
+    assert "## NetAdapt" in (run / "report.md").read_text()
+    assert (run / "netadapt" / "final" / "model.onnx").is_file()
+    # the same run dir through `bneck netadapt --run`: its finished NetAdapt is not redone
+    res = CliRunner().invoke(cli, ["netadapt", "--run", str(run), "--target-ms", repr(r["target_ms"]),
+                                   "--step-frac", "0.05", "--short-steps", "1", "--long-epochs", "0.1",
+                                   "--selection", "ratio", "--no-progress", "--threads", "1"])
+    assert res.exit_code == 0 and "already finished" in res.output, res.output
+    res = CliRunner().invoke(cli, ["netadapt", "--run", str(run), "--trial", "7", "--target-ms", "1"])
+    assert res.exit_code == 2 and "trial 7 is not in" in res.output
