@@ -29,7 +29,8 @@ EXPORT_FORMATS = ("json", "onnx", "torchscript", "timm")
 
 class NetAdaptStep(BaseModel):
     """NetAdapt on the best trial after the search (`netadapt: null` skips it). Defaults are the main job's: a
-    short schedule (δ 3%, 5-step fine-tunes) that fits its time budget; `bneck netadapt` defaults to MobileNetV3's."""
+    short schedule (δ 3%, 5-step fine-tunes, 2 long epochs) that fits its time budget; `bneck netadapt` defaults
+    to MobileNetV3's."""
 
     model_config = ConfigDict(extra="forbid")
     target_frac: float = Field(0.9, gt=0, lt=1, description="target = this x the best trial's predicted latency")
@@ -38,7 +39,7 @@ class NetAdaptStep(BaseModel):
     decay: float = Field(1.0, gt=0, le=1)
     selection: Literal["ratio", "accuracy"] = "ratio"
     short_steps: int = Field(5, ge=0)
-    long_epochs: float = Field(1.0, ge=0)
+    long_epochs: float = Field(2.0, ge=0)
     workers: int = Field(2, ge=1, description="proposals fine-tuned at once (the result does not depend on it)")
 
 
