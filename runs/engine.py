@@ -12,7 +12,6 @@ import dataclasses
 import json
 import logging
 import math
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ import search_space as ss
 import searchers as se
 from evaluators import ImageData, ProxyTrainer, load_data
 from runs.config import RunConfig
-from runs.executors import Executor, WorkerLost, make_executor
+from runs.executors import Executor, WorkerLost, make_executor, stop_on_signals
 from runs.rundir import (
     INTERRUPTED,
     REFERENCE,
@@ -306,20 +305,10 @@ def run_search(setup: Setup, run: RunDir, on_update: Any = None) -> tuple[pd.Dat
     executor = make_executor(c.backend, c.workers, c.worker_threads(), c.address, c.device)
     driver = Driver(setup, run, study, executor, on_update)
     driver.lost = n
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    # a process started in the background by a non-interactive shell inherits SIGINT ignored; a search must
-    # still stop cleanly (re-queueing its running trials) on SIGINT
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        frame = driver.run_to_budget()
+        with stop_on_signals():  # Ctrl-C / SIGTERM: running trials are re-queued by the next resume
+            frame = driver.run_to_budget()
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         executor.close()
     return frame, driver
 

@@ -9,10 +9,12 @@ dead node) is reported as `WorkerLost` so the driver re-runs that trial; it neve
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import multiprocessing as mp
 import os
+import signal
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
 from runs.worker import TrialOutcome, init_worker, run_task
@@ -166,3 +168,22 @@ def make_executor(backend: str, workers: int, threads: int, address: str | None 
     if backend == "ray":
         return RayExecutor(workers, threads, address, device)
     return LocalExecutor(workers, threads)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGINT raise KeyboardInterrupt in the driver for the duration, so it stops cleanly (saving or
+    re-queueing what is running) even when started with SIGINT ignored (background jobs of non-interactive
+    shells inherit that); the previous handlers come back afterwards."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -12,7 +12,7 @@ Running the same command again resumes after the last finished iteration (Ctrl-C
 
 from __future__ import annotations
 
-import signal
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +22,7 @@ import click
 
 import search_space as ss
 from runs.errors import UserError, console_err, console_out
-from runs.executors import ExecutorError, WorkerLost, make_executor
+from runs.executors import ExecutorError, WorkerLost, make_executor, stop_on_signals
 
 RETRIES = 2  # a job whose worker died is re-submitted this many times
 
@@ -151,22 +151,10 @@ def run_netadapt(start: Start, table_path: Path, out: Path, settings_kw: dict[st
             console_err.print(f"long-term fine-tune: {info['epochs']:g} epochs on the whole training split")
 
     na = NetAdapt(out, settings, latency, executor_evaluate(executor, bar), on_event, identity)
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        if bar is not None:
-            with bar:
-                summary = na.run(start.arch, start.weights)
-        else:
+        with stop_on_signals(), bar if bar is not None else contextlib.nullcontext():
             summary = na.run(start.arch, start.weights)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         executor.close()
     final = ss.Arch.from_json((na.final_dir / "spec.json").read_text())
     onnx = na.final_dir / "model.onnx"
