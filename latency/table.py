@@ -14,7 +14,7 @@ import dataclasses
 import json
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -422,6 +422,36 @@ class LatencyTable:
         cal_path = res.with_name("calibration.csv")
         if cal_path.is_file():
             table.meta["calibration"] = _calibration_from_csv(cal_path, by_key, ref_median, table)
+        return table
+
+
+    # ---- a table without a device -------------------------------------------------------------------
+    @classmethod
+    def from_layer_us(cls, space: SearchSpace, resolution: int, layer_us: Callable[[LayerConfig], float],
+                      threads: int = 1) -> LatencyTable:
+        """A table whose rows come from `layer_us(cfg)` instead of a device: deterministic, for tests of what
+        consumes tables (NetAdapt, searches) and for dry runs. Its protocol is named `synthetic`, its calibration
+        is the identity and its fingerprint is this machine's, so it loads without a device warning."""
+        if space.resolution != resolution:
+            space = SearchSpace.from_dict({**space.to_dict(), "resolution": resolution})
+        if space.seed is None:
+            raise LatencyError(f"space {space.name} has no seed network to use as the reference")
+        records = []
+        for cfg in space.layer_configs(resolution):
+            us = float(layer_us(cfg))
+            records.append({**dataclasses.asdict(cfg), "key": layer_key(cfg), "median_us": us, "raw_median_us": us,
+                            "p10_us": us, "p90_us": us, "runs": 1})
+        info = space.to_dict()
+        meta: dict[str, Any] = {
+            "format": TABLE_FORMAT,
+            "space": {"name": space.name, "width_mult": info.get("width_mult", 1.0),
+                      "num_classes": info["num_classes"], "definition": info},
+            "resolution": resolution, "threads": threads,
+            "fingerprint": fingerprint(threads, "CPUExecutionProvider"), "protocol": {"name": "synthetic"},
+            "reference": {"arch": space.seed.to_string(), "median_us": 0.0, "all_us": []}, "created": None,
+            "calibration": {"features": ["sum_us"], "coef": [1.0], "n_nets": 0}}
+        table = cls(pd.DataFrame.from_records(records), meta)
+        table.meta["reference"]["median_us"] = table.predict_us(space.seed)
         return table
 
 

@@ -117,29 +117,91 @@ class LocalExecutor:
         self._pool = None
 
 
+_AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")
+
+
+def _token_available() -> bool:
+    """A Ray token this user has: `RAY_AUTH_TOKEN`, the file `RAY_AUTH_TOKEN_PATH` names, or ~/.ray/auth_token."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return True
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
+    try:
+        return os.path.getsize(path) > 0
+    except OSError:
+        return False
+
+
+def ray_auth_env(address: str | None, private_dir: str | None) -> dict[str, str]:
+    """The `RAY_AUTH_*` variables a driver sets before `ray.init` (an explicit `RAY_AUTH_MODE` always wins).
+
+    - Joining a cluster (`address`): token mode whenever this user has a token. `ray start --head` turns token
+      auth on by itself when ~/.ray/auth_token exists, but a driver given an explicit address does not, and is
+      then refused (`InvalidAuthToken`); a cluster without auth accepts a token-mode driver too (both checked
+      on Ray 2.60).
+    - A private instance (no address): token mode with a fresh random token in a 0600 file inside its own temp
+      dir, removed with it. Ray's servers listen on every interface whatever `--node-ip-address` says (Ray 2.60),
+      so the token is what keeps other hosts from running code on it; and ~/.ray/auth_token is never written
+      (Ray's default for a local `ray.init()` is to create it, which then breaks joining other clusters).
+    """
+    if "RAY_AUTH_MODE" in os.environ:
+        return {}
+    if address is not None:
+        return {"RAY_AUTH_MODE": "token"} if _token_available() else {}
+    env = {"RAY_AUTH_MODE": "token"}
+    if not os.environ.get("RAY_AUTH_TOKEN") and private_dir is not None:
+        import secrets
+
+        path = os.path.join(private_dir, "auth_token")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+        env["RAY_AUTH_TOKEN_PATH"] = path
+    return env
+
+
 class RayExecutor:
     """Ray tasks, one per trial, each reserving `threads` CPUs (or one GPU with device cuda).
 
     Ray retries a task whose worker died (`max_retries`); if it still fails, the driver re-queues the trial.
-    With no address a private local Ray instance starts (and stops with the run)."""
+    With no address a private local Ray instance starts (token-protected, see `ray_auth_env`) and stops with the
+    run, its temp dir removed."""
 
     def __init__(self, workers: int, threads: int, address: str | None, device: str = "cpu") -> None:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        self._tmp: str | None = tempfile.mkdtemp(prefix="bneck-ray-", dir="/tmp") if address is None else None
+        self._saved_env = {k: os.environ.get(k) for k in _AUTH_VARS}
+        os.environ.update(ray_auth_env(address, self._tmp))
         import ray
+        from ray._raylet import AuthenticationTokenLoader, Config
 
+        Config.initialize("")  # Ray caches RAY_AUTH_MODE when first imported: make it see the variables above
+        AuthenticationTokenLoader.instance().reset_cache()
         self.slots, self.threads, self._ray = workers, threads, ray
         kw: dict[str, Any] = {"log_to_driver": False, "configure_logging": False, "include_dashboard": False}
         try:
             if address is None:
-                self._tmp = tempfile.mkdtemp(prefix="bneck-ray-", dir="/tmp")
-                ray.init(num_cpus=workers * threads, _temp_dir=self._tmp, **kw)
+                ray.init(num_cpus=workers * threads, _temp_dir=self._tmp, _node_ip_address="127.0.0.1", **kw)
             else:
                 ray.init(address=address, **kw)
         except (ConnectionError, RuntimeError, ValueError) as exc:
+            self._cleanup()
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ExecutorError(f"address: cannot join the Ray cluster at {address}: {first}") from None
+            where = f"the Ray cluster at {address}" if address else "a private Ray instance"
+            raise ExecutorError(f"address: cannot join {where}: {first}") from None
         gpus = 1 if device.startswith("cuda") else 0
         self._remote = ray.remote(run_task).options(num_cpus=threads, num_gpus=gpus, max_retries=2)
+
+    def _cleanup(self) -> None:
+        for k, v in self._saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if self._tmp is not None:
+            import shutil
+
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
 
     def submit(self, task: Any) -> Any:
         return self._remote.remote(task)
@@ -161,6 +223,7 @@ class RayExecutor:
 
     def close(self) -> None:
         self._ray.shutdown()
+        self._cleanup()
 
 
 def make_executor(backend: str, workers: int, threads: int, address: str | None = None,

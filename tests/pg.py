@@ -8,7 +8,8 @@ Fixtures (made visible to every test by tests/conftest.py):
   ~0.1 s, a server start ~1 s), as a SQLAlchemy URL ``postgresql+psycopg://bneck@/bneck_test_N?host=SOCKDIR``
   that ``optuna.storages.RDBStorage`` / ``optuna.create_study(storage=url)`` accept as is.
 
-Tests skip when no ``/usr/lib/postgresql/*/bin/initdb`` exists (``make postgres`` installs Debian's package), or
+Tests skip (fail under CI=true, see tests/requires.py) when no ``/usr/lib/postgresql/*/bin/initdb`` exists
+(``make postgres`` installs Debian's package), or
 when running as root with no unprivileged ``postgres`` user to run the server as (initdb and postgres refuse root).
 
 The top-level ``optuna_worker`` runs trials in a ``multiprocessing`` spawn child (workers must be importable).
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from requires import unavailable
 
 PG_ROOT = Path("/usr/lib/postgresql")  # Debian's layout: /usr/lib/postgresql/<major>/bin
 SERVER_USER = "postgres"  # the system user Debian's package creates
@@ -143,10 +145,10 @@ def postgres_server_at(bin_dir: Path, prefix: list[str]) -> Iterator[PostgresSer
 def postgres_server() -> Iterator[PostgresServer]:
     bin_dir = find_bin_dir()
     if bin_dir is None:
-        pytest.skip(NOT_FOUND)
+        unavailable(NOT_FOUND)
     prefix = _as_server_user()
     if prefix is None:
-        pytest.skip(
+        unavailable(
             f"running as root and no way to run PostgreSQL unprivileged (needs a '{SERVER_USER}' user and runuser "
             "or setpriv); initdb and postgres refuse to run as root"
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import signal
@@ -273,10 +274,19 @@ def test_kit_runs_in_a_venv_with_only_onnxruntime_and_numpy(tmp_path):
     kit = tmp_path / "kit"
     lat.write_kit(kit, tiny_space(), 32, tiny_space().seed, [tiny_space().sample(1), tiny_space().sample(2),
                                                               tiny_space().sample(4)], protocol=FAST, workers=1)
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    venv = tmp_path / "venv"  # a bare interpreter that sees only onnxruntime and numpy (no network, no pip)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     py = venv / "bin" / "python"
-    subprocess.run([str(py), "-m", "pip", "install", "-q", "onnxruntime", "numpy"], check=True, timeout=600)
+    only = tmp_path / "only"
+    only.mkdir()
+    for pkg in ("onnxruntime", "numpy"):
+        src = Path(importlib.util.find_spec(pkg).origin).parent  # type: ignore[arg-type, union-attr]
+        for p in src.parent.glob(f"{pkg}*"):  # the package and its bundled libraries (numpy.libs)
+            if not p.name.endswith(".dist-info"):
+                (only / p.name).symlink_to(p)
+    site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    Path(site, "only.pth").write_text(f"{only}\n")
     probe = subprocess.run([str(py), "-c", "import torch"], capture_output=True)
     assert probe.returncode != 0, "the kit venv must not have torch"
     subprocess.run([str(py), str(kit / "measure.py")], check=True, timeout=600, capture_output=True)

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 from click.testing import CliRunner
+from requires import unavailable
 
 import latency as lat
 import search_space as ss
@@ -281,11 +282,15 @@ def _can_unshare() -> str | None:
 def test_ray_search_resumes_after_kill_9_of_the_driver(tiny, tmp_path):
     reason = _can_unshare()
     if reason:
-        pytest.skip(f"Ray tests run only inside a loopback-only network namespace: {reason}")
+        unavailable(f"Ray tests run only inside a loopback-only network namespace: {reason}")
     run = tmp_path / "run"
     cfg = write_config(tiny, tmp_path / "run.yaml", trials=5, workers=2, threads=1, epochs=2.0)
+    home = tmp_path / "home"  # as after an earlier private Ray of Ray's own: `ray start --head` then needs it
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text("0f" * 32)
     res = subprocess.run(["unshare", "-n", sys.executable, str(Path(__file__).with_name("ray_scenario.py")),
-                          str(cfg), str(run)], env=env(tmp_path), capture_output=True, text=True, timeout=900)
+                          str(cfg), str(run), str(home)], env=env(tmp_path), capture_output=True, text=True,
+                         timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     frame = assert_exact_budget(run, 5)
     lost = interrupted_trials(run)
