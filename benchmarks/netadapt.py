@@ -24,7 +24,7 @@ from search_efficiency import load_table
 
 import search_space as ss
 from evaluators import ProxyTrainer, Recipe, load_data
-from latency.protocol import Protocol, feeds_for, session, time_session
+from latency.build import default_reference, measure_whole
 from runs.netadapt_cli import Start, run_netadapt
 from search_space.paths import cache_dir
 from searchers.netadapt import FineTuneJob, run_job, state_bytes
@@ -45,16 +45,13 @@ def uniform_width(table, target_ms: float, num_classes: int) -> tuple[float, ss.
 
 
 def interleaved_ms(archs: dict[str, ss.Arch], rounds: int) -> dict[str, dict[str, float]]:
-    """Per-network median over rounds of per-round medians, the networks alternating within each round."""
-    sessions = {k: session(ss.onnx_bytes(ss.build_model(a), (1, 3, a.resolution, a.resolution)), 1)
-                for k, a in archs.items()}
-    feeds = {k: feeds_for(s) for k, s in sessions.items()}
-    proto = Protocol(warmup_runs=5, warmup_s=0.0, min_runs=30, min_time_s=0.1, attempts=1, calibration_rounds=1)
-    per: dict[str, list[float]] = {k: [] for k in archs}
-    for _ in range(rounds):
-        for k, s in sessions.items():
-            per[k].append(time_session(s, feeds[k], proto).median_us / 1e3)
-    return {k: {"median_ms": statistics.median(v), "min_ms": min(v), "max_ms": max(v)} for k, v in per.items()}
+    """Each network timed with the table protocol (paired bursts next to V3-Small, median ratio over rounds),
+    all in one interleaved measurement, in the host state of that measurement."""
+    keys = list(archs)
+    first = archs[keys[0]]
+    timings = measure_whole([archs[k] for k in keys], default_reference(first), 1, rounds=rounds)
+    return {k: {"median_ms": t.us / 1e3, "ratio_to_reference": t.ratio, "round_ratio_spread": t.ratio_spread}
+            for k, t in zip(keys, timings, strict=True)}
 
 
 def main() -> None:

@@ -11,11 +11,9 @@ import argparse
 import statistics
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write
@@ -25,11 +23,7 @@ import search_space as ss
 
 
 def synthetic_table(space: ss.SearchSpace) -> lat.LatencyTable:
-    rows = [{**asdict(c), "key": lat.layer_key(c), "median_us": 1.0 + ss.layer_cost(c)[1] / 5e4}
-            for c in space.layer_configs()]
-    meta = {"resolution": space.resolution, "threads": 1, "space": {"definition": space.to_dict()},
-            "calibration": {"features": ["sum_us"], "coef": [0.9], "n_nets": 0}}
-    return lat.LatencyTable(pd.DataFrame(rows), meta)
+    return lat.LatencyTable.from_layer_us(space, space.resolution, lambda c: 1.0 + ss.layer_cost(c)[1] / 5e4)
 
 
 def main() -> None:

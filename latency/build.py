@@ -11,17 +11,28 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from latency.kit import layer_key, write_kit
-from latency.protocol import Protocol, Timing, done_rows, fingerprint, run_kit
-from latency.protocol import measure as measure_onnx
+from latency.protocol import (
+    KIT_FORMAT,
+    KitError,
+    Protocol,
+    fingerprint,
+    kit_lock,
+    measured_keys,
+    run_kit,
+    session,
+    time_interleaved,
+)
 from latency.table import LatencyError, LatencyTable
-from search_space import Arch, LayerConfig, SearchSpace, build_model, onnx_bytes
+from search_space import Arch, LayerConfig, SearchSpace, build_model, mobilenet_v3_small, onnx_bytes
 from search_space.paths import cache_dir
 from search_space.progress import progress_bar
 
@@ -38,11 +49,59 @@ def default_table_path(space: SearchSpace, resolution: int, threads: int = 1,
     return cache_dir() / "latency" / device_id(threads, provider) / name
 
 
+@dataclass(frozen=True)
+class WholeNetTiming:
+    """A whole network measured with the protocol: its latency as a ratio to the reference timed next to it."""
+
+    ratio: float          # median over rounds of min(net burst) / min(reference burst right after it)
+    reference_us: float   # the reference's median burst minimum during this measurement
+    rounds: int
+    ratio_spread: float   # (p90 - p10) / median of the per-round ratios: how steady the host was
+
+    @property
+    def us(self) -> float:
+        """Latency in the host state of this measurement (µs)."""
+        return self.ratio * self.reference_us
+
+
+def measure_whole(archs: Sequence[Arch], reference: Arch, threads: int = 1, provider: str = "CPUExecutionProvider",
+                  protocol: Protocol | None = None, rounds: int | None = None, seed: int = 0,
+                  progress: Callable[[int, int], None] | None = None) -> list[WholeNetTiming]:
+    """Time whole networks interleaved with `reference` (the protocol's `rounds` by default)."""
+    p = protocol or Protocol()
+    n_rounds = p.rounds if rounds is None else rounds
+    ref = session(onnx_bytes(build_model(reference), (1, 3, reference.resolution, reference.resolution)), threads,
+                  provider)
+    sessions = [session(onnx_bytes(build_model(a), (1, 3, a.resolution, a.resolution)), threads, provider)
+                for a in archs]
+    pairs: list[list[tuple[float, float]]] = [[] for _ in archs]
+    total = n_rounds * len(archs)
+
+    def record(rnd: int, i: int, t: float, r: float) -> None:
+        pairs[i].append((t, r))
+        if progress is not None:
+            progress(sum(map(len, pairs)), total)
+
+    time_interleaved(sessions, ref, n_rounds, p, seed=seed, on_timing=record)
+    ref_us = float(np.median([r for per in pairs for _, r in per]))
+    out = []
+    for per in pairs:
+        ratios = np.array([t / r for t, r in per])
+        p10, med, p90 = np.percentile(ratios, [10, 50, 90])
+        out.append(WholeNetTiming(float(med), ref_us, len(per), float((p90 - p10) / med)))
+    return out
+
+
+def default_reference(arch: Arch) -> Arch:
+    """What `latency measure` times a network next to when no table is given: V3-Small at its resolution."""
+    return mobilenet_v3_small(num_classes=arch.num_classes, resolution=arch.resolution)
+
+
 def measure_arch(arch: Arch, threads: int = 1, provider: str = "CPUExecutionProvider",
-                 protocol: Protocol | None = None) -> Timing:
-    """Whole-network latency of `arch` with the table protocol."""
-    data = onnx_bytes(build_model(arch), (1, 3, arch.resolution, arch.resolution))
-    return measure_onnx(data, threads, provider, protocol)
+                 protocol: Protocol | None = None, reference: Arch | None = None,
+                 rounds: int | None = None) -> WholeNetTiming:
+    """Whole-network latency of `arch` with the table protocol (interleaved with `reference`)."""
+    return measure_whole([arch], reference or default_reference(arch), threads, provider, protocol, rounds)[0]
 
 
 def build_table(space: SearchSpace, resolution: int | None = None, threads: int = 1,
@@ -58,40 +117,81 @@ def build_table(space: SearchSpace, resolution: int | None = None, threads: int 
         space = SearchSpace.from_dict({**space.to_dict(), "resolution": res})
     path = Path(out) if out else default_table_path(space, res, threads, provider)
     kit = path.with_name(path.name + ".kit")
-    if force:
-        shutil.rmtree(kit, ignore_errors=True)
-        path.unlink(missing_ok=True)
-    partial = (kit / "results.csv").exists() and not path.exists()
-    if path.exists() and not resume and not add:
-        raise LatencyError(f"table {path} already exists: pass --force to rebuild it or --add SPEC to extend it")
-    if partial and not resume:
-        raise LatencyError(f"an interrupted build exists at {kit}: pass --resume to finish it "
-                           "(or --force to start over)")
     for a in add:
         if a.resolution != res:
             raise LatencyError(f"--add spec {a.arch_id}: resolution {a.resolution} != table resolution {res}")
-    measured = _measured_keys(kit)
-    make_kit(kit, space, res, threads, add, n_calibration, seed, protocol, workers, show_progress, measured)
-    if show_progress:
-        with progress_bar("{task.description}") as prog:
-            tasks: dict[str, Any] = {}
+    kit.mkdir(parents=True, exist_ok=True)
+    waited: list[str] = []
 
-            def on_measure(done: int, total: int, key: str) -> None:
-                phase = "calibrating" if key == "calibration" else "measuring  "
-                if phase not in tasks:
-                    tasks[phase] = prog.add_task(phase, total=total)
-                prog.update(tasks[phase], completed=done, total=total)
+    def on_wait(holder: str) -> None:
+        waited.append(holder)
+        print(f"waiting: {holder} is building this table ({kit})", file=sys.stderr, flush=True)
 
-            run_kit(kit, None, threads, provider, on_measure)
-    else:
-        run_kit(kit, None, threads, provider)
-    table = LatencyTable.from_kit(kit)
-    table.save(path)
+    p = protocol or Protocol()
+    try:
+        # decided under the lock: a second build of the same table (two first-time searches) waits for the
+        # first, then uses its table instead of measuring the same rows again
+        with kit_lock(kit, wait=True, on_wait=on_wait, name=".build.lock"):
+            if waited and path.exists() and not add:  # built while we waited: fresh, whatever --force said
+                return LatencyTable.load(path), path
+            if force:
+                for child in kit.iterdir():
+                    if child.name != ".build.lock":
+                        shutil.rmtree(child) if child.is_dir() else child.unlink()
+                path.unlink(missing_ok=True)
+            if (kit / "manifest.json").is_file() and _kit_format(kit) != KIT_FORMAT:
+                raise LatencyError(f"{kit} is an interrupted build of an older bneck ({_kit_format(kit)}): pass "
+                                   "--force to start over")
+            partial = (kit / "results.csv").exists() and not path.exists()
+            if path.exists() and not resume and not add:
+                raise LatencyError(f"table {path} already exists: pass --force to rebuild it or --add SPEC to "
+                                   "extend it")
+            if partial and not resume:
+                raise LatencyError(f"an interrupted build exists at {kit}: pass --resume to finish it "
+                                   "(or --force to start over)")
+            measured = measured_keys(kit / "results.csv", p.passes)
+            make_kit(kit, space, res, threads, add, n_calibration, seed, p, workers, show_progress, measured)
+            _measure(kit, threads, provider, show_progress)
+            table = LatencyTable.from_kit(kit)
+            table.save(path)
+    except KitError as exc:
+        raise LatencyError(str(exc)) from None
     if not keep_graphs:
         for sub in ("blocks", "nets"):
             shutil.rmtree(kit / sub, ignore_errors=True)
-        (kit / "reference.onnx").unlink(missing_ok=True)
+        for name in ("reference.onnx", "layer_reference.onnx"):
+            (kit / name).unlink(missing_ok=True)
     return table, path
+
+
+def _measure(kit: Path, threads: int, provider: str, show_progress: bool) -> None:
+    """Run the kit in this process, with a progress bar when asked."""
+    if not show_progress:
+        run_kit(kit, None, threads, provider)
+        return
+    with progress_bar("{task.description}") as prog:
+        tasks: dict[str, Any] = {}
+
+        def on_measure(done: int, total: int, key: str) -> None:
+            phase = "calibrating" if key == "calibration" else "measuring  "
+            if phase not in tasks:
+                tasks[phase] = prog.add_task(phase, total=total)
+            prog.update(tasks[phase], completed=done, total=total)
+
+        run_kit(kit, None, threads, provider, on_measure)
+
+
+def stale_kit(path: str | os.PathLike[str]) -> bool:
+    """The table at `path` has a kit of an older bneck beside it (not resumable: it must be started over)."""
+    kit = Path(path).with_name(Path(path).name + ".kit")
+    return (kit / "manifest.json").is_file() and _kit_format(kit) != KIT_FORMAT
+
+
+def _kit_format(kit: Path) -> str | None:
+    try:
+        return json.loads((kit / "manifest.json").read_text()).get("format")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def make_kit(kit: Path, space: SearchSpace, resolution: int, threads: int = 1, add: Sequence[Arch] = (),
@@ -114,7 +214,7 @@ def make_kit(kit: Path, space: SearchSpace, resolution: int, threads: int = 1, a
             layers.setdefault(layer_key(c), c)
     if not show_progress:
         return write_kit(kit, space, resolution, space.seed, calibration, threads, list(layers.values()), protocol,
-                         workers, skip_keys=skip_keys)
+                         workers, skip_keys=skip_keys, seed=seed)
     with progress_bar("exporting graphs") as prog:
         task = prog.add_task("export", total=1)
 
@@ -122,8 +222,6 @@ def make_kit(kit: Path, space: SearchSpace, resolution: int, threads: int = 1, a
             prog.update(task, completed=done, total=total)
 
         return write_kit(kit, space, resolution, space.seed, calibration, threads, list(layers.values()), protocol,
-                         workers, on_export, skip_keys=skip_keys)
+                         workers, on_export, skip_keys=skip_keys, seed=seed)
 
 
-def _measured_keys(kit: Path) -> set[str]:
-    return {r["key"] for r in done_rows(kit / "results.csv")} - {"reference"}

@@ -16,7 +16,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from latency.protocol import Protocol
+from latency.protocol import KIT_FORMAT, Protocol
 from search_space import (
     Arch,
     LayerConfig,
@@ -26,8 +26,6 @@ from search_space import (
     layer_input_shape,
     onnx_bytes,
 )
-
-KIT_FORMAT = "bneck-latency-kit/1"
 
 
 def layer_key(cfg: LayerConfig) -> str:
@@ -64,13 +62,21 @@ def _export_net(args: tuple[str, str]) -> str:
     return path
 
 
+def layer_reference(reference: Arch) -> LayerConfig:
+    """The graph every layer row is timed next to: the middle layer of the reference network (for V3-Small at
+    224 px a 14x14 5x5 SE bneck of ~100 µs, the scale of a typical row)."""
+    layers = reference.layers()
+    return layers[len(layers) // 2]
+
+
 def write_kit(out_dir: str | os.PathLike[str], space: SearchSpace, resolution: int, reference: Arch,
               calibration: Sequence[Arch], threads: int = 1, layers: Sequence[LayerConfig] | None = None,
               protocol: Protocol | None = None, workers: int = 2,
               progress: Callable[[int, int], None] | None = None, skip_keys: set[str] | frozenset[str] = frozenset(),
-              ) -> Path:
+              seed: int = 0) -> Path:
     """Write (or complete) a kit folder. Existing graph files are kept, so an interrupted export resumes;
-    entries in `skip_keys` (already measured) stay in the manifest but get no graph file."""
+    entries in `skip_keys` (already measured) stay in the manifest but get no graph file. `seed` fixes the order
+    rows are measured in."""
     kit = Path(out_dir)
     (kit / "blocks").mkdir(parents=True, exist_ok=True)
     (kit / "nets").mkdir(exist_ok=True)
@@ -85,6 +91,11 @@ def write_kit(out_dir: str | os.PathLike[str], space: SearchSpace, resolution: i
                         "input_shape": list(layer_input_shape(cfg))})
         if key not in skip_keys and not (kit / rel).exists():
             jobs_layers.append((asdict(cfg), str(kit / rel)))
+    lref = layer_reference(reference)
+    entries.append({"key": "layer_reference", "kind": "layer_reference", "file": "layer_reference.onnx",
+                    "config": asdict(lref), "input_shape": list(layer_input_shape(lref))})
+    if not (kit / "layer_reference.onnx").exists():
+        jobs_layers.append((asdict(lref), str(kit / "layer_reference.onnx")))
     nets = [("reference", reference)] + [(f"net:{a.arch_id}", a) for a in calibration]
     for key, arch in nets:
         if arch.resolution != resolution:
@@ -95,7 +106,7 @@ def write_kit(out_dir: str | os.PathLike[str], space: SearchSpace, resolution: i
                         "layers": [layer_key(c) for c in arch.layers()]})
         if not (kit / rel).exists():  # nets are cheap and needed by every calibration round
             jobs_nets.append((arch.to_string(), str(kit / rel)))
-    total = len(configs) + len(nets)
+    total = len(configs) + 1 + len(nets)
     done = total - len(jobs_layers) - len(jobs_nets)
     if progress:
         progress(done, total)
@@ -122,7 +133,7 @@ def write_kit(out_dir: str | os.PathLike[str], space: SearchSpace, resolution: i
                 if progress:
                     progress(done, total)
     manifest = {"format": KIT_FORMAT, "space": space.name, "space_info": space.to_dict(), "resolution": resolution,
-                "threads": threads, "protocol": asdict(protocol or Protocol()), "entries": entries}
+                "threads": threads, "protocol": asdict(protocol or Protocol()), "seed": seed, "entries": entries}
     tmp = kit / "manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=1))
     os.replace(tmp, kit / "manifest.json")

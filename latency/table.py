@@ -23,10 +23,10 @@ import numpy as np
 import pandas as pd
 
 from latency.kit import layer_key
-from latency.protocol import fingerprint
+from latency.protocol import PROTOCOL_NAME, STATISTIC, KitError, Protocol, estimate, fingerprint
 from search_space import Arch, Bneck, LayerConfig, SearchSpace, layer_cost, params
 
-TABLE_FORMAT = "bneck-latency-table/1"
+TABLE_FORMAT = "bneck-latency-table/2"
 _CFG_FIELDS = [f.name for f in fields(LayerConfig)]
 
 
@@ -34,24 +34,32 @@ class LatencyError(ValueError):
     """A user-facing latency problem: bad table file, wrong resolution/threads, missing entries."""
 
 
-def _drift_normalize(rows: list[dict[str, Any]]) -> tuple[dict[str, float], float, list[float]]:
-    """Map key -> latency normalized to the median reference, by interpolating the reference over time."""
-    refs = [(int(r["seq"]), float(r["median_us"])) for r in rows if r["key"] == "reference"]
-    if not refs:
-        raise LatencyError("results have no reference measurement: re-run the kit's measure.py")
-    ref_seq = np.array([s for s, _ in refs], dtype=float)
-    ref_us = np.array([u for _, u in refs], dtype=float)
-    ref_median = float(np.median(ref_us))
-    # one reference timing can spike (+15% seen here); a rolling median of 3 drops lone spikes but still
-    # follows a real step in host speed within one reference timing
-    smooth = np.array([np.median(ref_us[max(0, i - 1):i + 2]) for i in range(len(ref_us))])
-    normalized: dict[str, float] = {}
+class OutdatedTableError(LatencyError):
+    """A table file of an older format: its numbers are not read, it must be rebuilt."""
+
+
+def row_latencies(rows: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, float], float, dict[str, float]]:
+    """Per key: the protocol's estimate (µs), the pass-to-pass spread ((max - min) / estimate), and the layer
+    reference's median burst minimum the estimates are expressed in, with its quantiles over the build.
+
+    Each row's passes are min(burst) / min(layer-reference burst right after it); the estimate is their median
+    times the reference's median over the whole build. A host that slows down (in steps or in spikes) slows the
+    row and the reference timed with it alike, so the ratio and the estimate do not move.
+    """
+    ratios: dict[str, list[float]] = {}
+    refs: list[float] = []
     for r in rows:
-        if r["key"] == "reference":
-            continue
-        local = float(np.interp(int(r["seq"]), ref_seq, smooth))
-        normalized[r["key"]] = float(r["median_us"]) * ref_median / local
-    return normalized, ref_median, ref_us.tolist()
+        ref = float(r["ref_min_us"])
+        ratios.setdefault(r["key"], []).append(float(r["min_us"]) / ref)
+        refs.append(ref)
+    if not refs:
+        raise LatencyError("results have no measured rows: run the kit's measure.py")
+    ref_us = float(np.median(refs))
+    est = {k: float(np.median(v)) * ref_us for k, v in ratios.items()}
+    spread = {k: float((max(v) - min(v)) / np.median(v)) for k, v in ratios.items()}
+    q = np.percentile(refs, [0, 10, 50, 90, 100])
+    return est, spread, ref_us, {"min": float(q[0]), "p10": float(q[1]), "p50": float(q[2]), "p90": float(q[3]),
+                                 "max": float(q[4])}
 
 
 FEATURES = ("sum_us", "layers", "mparams")
@@ -357,7 +365,9 @@ class LatencyTable:
             raise LatencyError(f"latency table {str(p)!r} is corrupt or not a bneck table "
                                f"({type(exc).__name__})") from None
         if meta.get("format") != TABLE_FORMAT:
-            raise LatencyError(f"latency table {str(p)!r} has format {meta.get('format')!r}, expected {TABLE_FORMAT}")
+            raise OutdatedTableError(f"latency table {str(p)!r} has format {meta.get('format')!r}, this version reads "
+                                     f"{TABLE_FORMAT} (rows measured with paired bursts): rebuild it with "
+                                     "`bneck latency build ... --force`")
         table = cls(t.to_pandas(), meta)
         if warn_device:
             here = fingerprint(table.threads, meta["fingerprint"]["provider"])
@@ -382,31 +392,42 @@ class LatencyTable:
         if not res.is_file():
             raise LatencyError(f"results file {str(res)!r} does not exist: run the kit's measure.py first")
         try:
+            protocol = Protocol.from_dict(manifest.get("protocol", {}))
+        except KitError as exc:
+            raise LatencyError(f"{man_path}: {exc}; write the kit again with this version") from None
+        try:
             with open(res, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if r.get("wall_time")]
             for r in rows:  # every row, so a damaged line is this one-line error, not a traceback later
-                float(r["median_us"]), float(r["p10_us"]), float(r["p90_us"]), int(r["seq"]), int(r["runs"])
-        except (csv.Error, KeyError, ValueError, UnicodeDecodeError) as exc:
-            raise LatencyError(f"results file {str(res)!r} is not a bneck results CSV ({exc})") from None
+                float(r["min_us"]), float(r["ref_min_us"]), int(r["pass"]), int(r["seq"]), int(r["runs"])
+        except (csv.Error, KeyError, ValueError, TypeError, UnicodeDecodeError) as exc:
+            raise LatencyError(f"results file {str(res)!r} is not a bneck results CSV of protocol "
+                               f"{PROTOCOL_NAME} ({type(exc).__name__}: {exc})") from None
         device_path = res.with_suffix(".device.json")
         device = json.loads(device_path.read_text()) if device_path.is_file() else {}
         by_key = {e["key"]: e for e in manifest["entries"]}
-        measured = {r["key"] for r in rows}
-        missing = [k for k, e in by_key.items() if e["kind"] == "layer" and k not in measured]
+        passes: dict[str, set[int]] = {}
+        for r in rows:
+            passes.setdefault(r["key"], set()).add(int(r["pass"]))
+        missing = [k for k, e in by_key.items()
+                   if e["kind"] == "layer" and len(passes.get(k, ())) < protocol.passes]
         n_layers = sum(e["kind"] == "layer" for e in by_key.values())
         if missing:
             raise LatencyError(f"{len(missing)} of {n_layers} kit entries are not measured yet "
                                f"(first: {missing[0]}): run the kit's measure.py again to finish")
-        normalized, ref_median, ref_all = _drift_normalize(rows)
-        raw = {r["key"]: r for r in rows if r["key"] != "reference"}
+        est, spread, layer_ref_us, layer_ref_q = row_latencies(rows)
+        raw_median: dict[str, list[float]] = {}
+        runs: dict[str, int] = {}
+        for r in rows:
+            raw_median.setdefault(r["key"], []).append(float(r["median_us"]))
+            runs[r["key"]] = runs.get(r["key"], 0) + int(r["runs"])
         records = []
         for key, e in by_key.items():
             if e["kind"] != "layer":
                 continue
-            r = raw[key]
-            records.append({**e["config"], "key": key, "median_us": normalized[key],
-                            "raw_median_us": float(r["median_us"]), "p10_us": float(r["p10_us"]),
-                            "p90_us": float(r["p90_us"]), "runs": int(r["runs"])})
+            records.append({**e["config"], "key": key, "median_us": est[key],
+                            "raw_median_us": float(np.median(raw_median[key])), "pass_spread": spread[key],
+                            "passes": len(passes[key]), "runs": runs[key]})
         entries = pd.DataFrame.from_records(records)
         space_info = manifest["space_info"]
         meta: dict[str, Any] = {
@@ -415,15 +436,24 @@ class LatencyTable:
                       "num_classes": space_info["num_classes"], "definition": space_info},
             "resolution": manifest["resolution"], "threads": manifest["threads"],
             "fingerprint": device.get("fingerprint", {}), "protocol": device.get("protocol", manifest["protocol"]),
-            "reference": {"arch": by_key["reference"]["arch"], "median_us": ref_median, "all_us": ref_all},
+            "reference": {"arch": by_key["reference"]["arch"], "median_us": math.nan},
+            "layer_reference": {"key": layer_key(LayerConfig(**by_key["layer_reference"]["config"])),
+                                "median_us": layer_ref_us, "quantiles_us": layer_ref_q},
+            "statistic": STATISTIC,
+            "row_pass_spread_median": float(np.median(list(spread.values()))),
             "created": rows[-1]["wall_time"] if rows else None,
         }
         table = cls(entries, {**meta, "calibration": {"features": ["sum_us"], "coef": [1.0], "n_nets": 0}})
         cal_path = res.with_name("calibration.csv")
-        if cal_path.is_file():
-            table.meta["calibration"] = _calibration_from_csv(cal_path, by_key, ref_median, table)
+        nets = [k for k, e in by_key.items() if e["kind"] == "net"]
+        cal_rows = _calibration_rows(cal_path, nets, protocol.rounds)
+        ref_all = [float(r["reference_us"]) for r in cal_rows]
+        table.meta["reference"]["median_us"] = float(np.median(ref_all))
+        q = np.percentile(ref_all, [0, 10, 50, 90, 100])
+        table.meta["reference"]["quantiles_us"] = dict(zip(("min", "p10", "p50", "p90", "max"), map(float, q),
+                                                           strict=True))
+        table.meta["calibration"] = _calibration_from_rows(cal_rows, by_key, table.reference_us, table)
         return table
-
 
     # ---- a table without a device -------------------------------------------------------------------
     @classmethod
@@ -440,7 +470,7 @@ class LatencyTable:
         for cfg in space.layer_configs(resolution):
             us = float(layer_us(cfg))
             records.append({**dataclasses.asdict(cfg), "key": layer_key(cfg), "median_us": us, "raw_median_us": us,
-                            "p10_us": us, "p90_us": us, "runs": 1})
+                            "pass_spread": 0.0, "passes": 1, "runs": 1})
         info = space.to_dict()
         meta: dict[str, Any] = {
             "format": TABLE_FORMAT,
@@ -448,31 +478,49 @@ class LatencyTable:
                       "num_classes": info["num_classes"], "definition": info},
             "resolution": resolution, "threads": threads,
             "fingerprint": fingerprint(threads, "CPUExecutionProvider"), "protocol": {"name": "synthetic"},
-            "reference": {"arch": space.seed.to_string(), "median_us": 0.0, "all_us": []}, "created": None,
+            "reference": {"arch": space.seed.to_string(), "median_us": 0.0}, "created": None,
             "calibration": {"features": ["sum_us"], "coef": [1.0], "n_nets": 0}}
         table = cls(pd.DataFrame.from_records(records), meta)
         table.meta["reference"]["median_us"] = table.predict_us(space.seed)
         return table
 
 
-def _calibration_from_csv(path: Path, by_key: dict[str, Any], ref_median: float,
-                          table: LatencyTable) -> dict[str, Any]:
+def _calibration_rows(path: Path, nets: list[str], rounds: int) -> list[dict[str, str]]:
+    """The calibration timings, every (round, net) pair present: the reference's latency comes from them."""
+    if not path.is_file():
+        raise LatencyError(f"{path} does not exist: the calibration networks are not measured yet; run the kit's "
+                           "measure.py again to finish")
+    try:
+        with open(path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("wall_time")]
+        for r in rows:
+            float(r["whole_us"]), float(r["reference_us"]), int(r["round"])
+    except (csv.Error, KeyError, ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise LatencyError(f"calibration file {str(path)!r} is damaged ({type(exc).__name__})") from None
+    have = {(int(r["round"]), r["key"]) for r in rows}
+    lacking = sum((rnd, k) not in have for rnd in range(rounds) for k in nets)
+    if lacking:
+        raise LatencyError(f"{lacking} of {rounds * len(nets)} calibration timings are missing in {path}: run the "
+                           "kit's measure.py again to finish")
+    return rows
+
+
+def _calibration_from_rows(rows: list[dict[str, str]], by_key: dict[str, Any], ref_us: float,
+                           table: LatencyTable) -> dict[str, Any]:
     """Fit the calibration: the table's layer sums against whole networks timed next to the reference
-    (each timing scaled to the table's reference latency by the reference timed with it)."""
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("wall_time")]
-    per_net: dict[str, list[float]] = {}
+    (the protocol's estimate, in the units of the reference's median)."""
+    pairs: dict[str, list[tuple[float, float]]] = {}
     for r in rows:
-        per_net.setdefault(r["key"], []).append(float(r["whole_us"]) * ref_median / float(r["reference_us"]))
-    keys = sorted(per_net)
+        pairs.setdefault(r["key"], []).append((float(r["whole_us"]), float(r["reference_us"])))
+    keys = sorted(pairs)
     if len(keys) < 4:
         return {"features": ["sum_us"], "coef": [1.0], "n_nets": len(keys)}
     archs = [Arch.parse(by_key[k]["arch"]) for k in keys]
-    whole = np.array([np.median(per_net[k]) for k in keys])
+    whole = np.array([estimate([t for t, _ in pairs[k]], [r for _, r in pairs[k]], ref_us) for k in keys])
     sums = np.array([table.block_sum_us(a) for a in archs])
     feats = {"sum_us": sums, "layers": np.array([len(a.blocks) + 2 for a in archs], dtype=float),
              "mparams": np.array([params(a) / 1e6 for a in archs])}
     cal = fit_calibration(feats, whole)
-    cal["nets"] = [{"arch_id": a.arch_id, "sum_us": float(s), "whole_us": float(w), "rounds": len(per_net[k])}
+    cal["nets"] = [{"arch_id": a.arch_id, "sum_us": float(s), "whole_us": float(w), "rounds": len(pairs[k])}
                    for k, a, s, w in zip(keys, archs, sums, whole, strict=True)]
     return cal

@@ -1,8 +1,15 @@
 """How good a table's predictions are: held-out whole networks measured against their predictions.
 
-Protocol: every network is timed whole in several rounds, each timing followed by the table's reference
-network; a measurement is rescaled by (table reference / reference now), so what is compared is the
-predictor's error, not how much the host drifted since the table was built.
+Protocol (`latency/protocol.py`): every network is timed whole in the protocol's rounds, each burst followed by
+a burst of the table's reference network; a measurement is the median ratio times the table's reference
+latency, so what is compared is the predictor's error, not how much the host drifted since the table was built.
+
+Held out means held out: the space's seed network (it is also the reference and a calibration net) and the
+calibration nets are never in the metrics; the seed is reported on its own. Off-grid nets are validated too,
+since NetAdapt and width multipliers produce widths the table never measured: uniform width multipliers of the
+preset the space is built around and randomly pruned nets (expansions and residual-group widths cut to
+multiples of 8). With `repeat=2` the same nets are measured twice, one pass after the other, and the report
+gives the measurement's own test-retest agreement: the noise floor a predictor cannot be judged below.
 """
 
 from __future__ import annotations
@@ -13,76 +20,153 @@ from typing import Any
 
 import numpy as np
 
-from latency.protocol import Protocol, session, time_interleaved
+from latency.build import measure_whole
+from latency.protocol import Protocol
 from latency.table import LatencyTable
-from search_space import Arch, build_model, onnx_bytes
+from search_space import Arch, SearchSpace, SpecError, preset
+from search_space.surgery import shrink_expand, shrink_group
+
+WIDTH_MULTS = (0.5, 0.75, 1.25)
+PRESET_OF_SPACE = {"mobilenet_v3_small_space": "mobilenet_v3_small", "mobilenet_v3_large_space": "mobilenet_v3_large"}
 
 
-def _metrics(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
+def metrics(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
     from scipy.stats import kendalltau, spearmanr
 
     rel = (pred - meas) / meas
-    out = {"within_5pct": float(np.mean(np.abs(rel) <= 0.05)), "within_10pct": float(np.mean(np.abs(rel) <= 0.10)),
-           "mape": float(np.mean(np.abs(rel))), "bias": float(np.mean(rel))}
+    out = {"n": len(pred), "within_5pct": float(np.mean(np.abs(rel) <= 0.05)),
+           "within_10pct": float(np.mean(np.abs(rel) <= 0.10)), "mape": float(np.mean(np.abs(rel))),
+           "bias": float(np.mean(rel))}
     if len(pred) >= 3:
         out["kendall_tau"] = float(kendalltau(pred, meas).statistic)
         out["spearman"] = float(spearmanr(pred, meas).statistic)
     return out
 
 
-def validate(table: LatencyTable, n: int = 50, seed: int = 1, rounds: int = 3, archs: Sequence[Arch] = (),
-             include_seed: bool = True, plot: str | Path | None = None,
-             progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Measure `n` held-out architectures of the table's space (plus `archs` and the space's seed)."""
-    space = table.space
-    calibration_ids = {c["arch_id"] for c in table.calibration.get("nets", [])}
-    rng = np.random.default_rng(seed)
-    chosen: list[Arch] = list(archs)
-    if include_seed and space.seed is not None:
-        chosen.append(space.seed)
-    seen = {a.arch_id for a in chosen}
+def retest(first: np.ndarray, second: np.ndarray) -> dict[str, float]:
+    """Agreement of two measurements of the same nets: |Δ| relative to their mean."""
+    from scipy.stats import kendalltau
+
+    d = np.abs(first - second) / ((first + second) / 2)
+    return {"retest_within_5pct": float(np.mean(d <= 0.05)), "retest_within_10pct": float(np.mean(d <= 0.10)),
+            "retest_median_abs_pct": float(100 * np.median(d)),
+            "retest_kendall_tau": float(kendalltau(first, second).statistic) if len(d) >= 3 else float("nan")}
+
+
+def offgrid_archs(space: SearchSpace, n_pruned: int, seed: int) -> list[tuple[str, Arch]]:
+    """Width-multiplier variants of the space's preset (when it is one) and randomly pruned nets."""
+    out: list[tuple[str, Arch]] = []
+    base = space.seed
+    name = PRESET_OF_SPACE.get(space.name)
+    if base is not None and name and preset(name, 1.0, base.resolution, base.num_classes) == base:
+        out += [(f"width_mult_{a:g}", preset(name, a, base.resolution, base.num_classes)) for a in WIDTH_MULTS]
+    rng = np.random.default_rng([seed, 17])
     tries = 0
-    target = len(chosen) + n
-    while len(chosen) < target and tries < 50 * max(1, n):
-        a = space.sample(rng)
+    while sum(k == "pruned" for k, _ in out) < n_pruned and tries < 50 * max(1, n_pruned):
         tries += 1
-        if a.arch_id not in seen and a.arch_id not in calibration_ids:
-            chosen.append(a)
+        arch = base if base is not None and rng.random() < 0.3 else space.sample(rng)
+        for _ in range(int(rng.integers(1, 5))):  # a few NetAdapt-like cuts of 10-60%
+            i = int(rng.integers(len(arch.blocks)))
+            try:
+                if rng.random() < 0.6:
+                    width = arch.blocks[i].expand
+                    arch = shrink_expand(arch, i, max(8, int(width * rng.uniform(0.4, 0.9)) // 8 * 8))
+                else:
+                    width = arch.blocks[i].out
+                    arch = shrink_group(arch, i, max(8, int(width * rng.uniform(0.4, 0.9)) // 8 * 8))
+            except (SpecError, AttributeError):
+                continue
+        if space.seed is None or arch != space.seed:
+            out.append(("pruned", arch))
+    return out
+
+
+def held_out(table: LatencyTable, n: int, seed: int, archs: Sequence[Arch] = (),
+             n_pruned: int = 10) -> list[tuple[str, Arch]]:
+    """The nets `validate` measures: `archs`, `n` fresh samples and the off-grid nets, none of them a calibration
+    net or the reference, each once."""
+    space = table.space
+    excluded = {c["arch_id"] for c in table.calibration.get("nets", [])}
+    if space.seed is not None:
+        excluded.add(space.seed.arch_id)
+    excluded.add(Arch.parse(table.meta["reference"]["arch"]).arch_id)
+    chosen: list[tuple[str, Arch]] = []
+    seen = set(excluded)
+
+    def take(kind: str, a: Arch) -> None:
+        if a.arch_id not in seen:
+            chosen.append((kind, a))
             seen.add(a.arch_id)
-    for a in chosen:
+
+    for a in archs:
+        take("given", a)
+    rng = np.random.default_rng(seed)
+    tries = 0
+    while sum(k == "sampled" for k, _ in chosen) < n and tries < 50 * max(1, n):
+        take("sampled", space.sample(rng))
+        tries += 1
+    for kind, a in offgrid_archs(space, n_pruned, seed):
+        take(kind, a)
+    return chosen
+
+
+def validate(table: LatencyTable, n: int = 50, seed: int = 1, rounds: int | None = None, archs: Sequence[Arch] = (),
+             n_pruned: int = 10, repeat: int = 1, plot: str | Path | None = None,
+             progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Measure held-out architectures of the table's space (see `held_out`) against their predictions."""
+    chosen = held_out(table, n, seed, archs, n_pruned)
+    seed_arch = table.space.seed
+    nets = [a for _, a in chosen] + ([seed_arch] if seed_arch is not None else [])
+    for a in nets:
         table.check(a)
-    protocol = Protocol(**{k: v for k, v in table.meta["protocol"].items() if k in Protocol.__dataclass_fields__})
-    threads = table.threads
+    protocol = Protocol.from_dict(table.meta["protocol"])
+    n_rounds = protocol.rounds if rounds is None else rounds
     provider = table.meta["fingerprint"].get("provider", "CPUExecutionProvider")
-    res = table.resolution
-    ref = session(onnx_bytes(build_model(Arch.parse(table.meta["reference"]["arch"])), (1, 3, res, res)), threads,
-                  provider)
-    sessions = [session(onnx_bytes(build_model(a), (1, 3, res, res)), threads, provider) for a in chosen]
-    scaled: list[list[float]] = [[] for _ in chosen]
-    total = rounds * len(chosen)
+    reference = Arch.parse(table.meta["reference"]["arch"])
+    passes: list[np.ndarray] = []
+    spreads: list[np.ndarray] = []
+    for rep in range(repeat):
+        def on_progress(done: int, total: int, rep: int = rep) -> None:
+            if progress is not None:
+                progress(rep * total + done, repeat * total)
 
-    def record(rnd: int, i: int, t: float, r: float) -> None:
-        scaled[i].append(t * table.reference_us / r)
-        if progress:
-            progress(sum(map(len, scaled)), total)
-
-    time_interleaved(sessions, ref, rounds, protocol, seed=seed + 1, on_timing=record)
-    measured = np.array([np.median(v) for v in scaled])
-    predicted = np.array([table.predict_us(a) for a in chosen])
-    uncorrected = np.array([table.block_sum_us(a) for a in chosen])
-    result: dict[str, Any] = {"n": len(chosen), **_metrics(predicted, measured),
-                              "uncorrected": _metrics(uncorrected, measured), "rounds": rounds,
-                              "table_reference_us": table.reference_us,
-                              "archs": [{"arch_id": a.arch_id, "arch": a.to_string(), "predicted_ms": p / 1e3,
-                                         "measured_ms": m / 1e3, "block_sum_ms": u / 1e3}
-                                        for a, p, m, u in zip(chosen, predicted, measured, uncorrected, strict=True)]}
+        timings = measure_whole(nets, reference, table.threads, provider, protocol, n_rounds, seed=seed + 1 + rep,
+                                progress=on_progress)
+        passes.append(np.array([t.ratio * table.reference_us for t in timings]))
+        spreads.append(np.array([t.ratio_spread for t in timings]))
+    measured = np.median(np.stack(passes), axis=0)
+    predicted = np.array([table.predict_us(a) for a in nets])
+    uncorrected = np.array([table.block_sum_us(a) for a in nets])
+    kinds = [k for k, _ in chosen]
+    h = len(chosen)  # the held-out nets come first; the seed, when there is one, is last
+    offgrid = np.array([k in ("pruned",) or k.startswith("width_mult") for k in kinds])
+    result: dict[str, Any] = {**metrics(predicted[:h], measured[:h]),
+                              "uncorrected": metrics(uncorrected[:h], measured[:h]),
+                              "offgrid": metrics(predicted[:h][offgrid], measured[:h][offgrid]) if offgrid.any()
+                              else {"n": 0},
+                              "rounds": n_rounds, "repeat": repeat, "table_reference_us": table.reference_us,
+                              "round_ratio_spread_median": float(np.median(np.concatenate(spreads)))}
+    if seed_arch is not None:
+        result["reference_net"] = {"arch_id": seed_arch.arch_id, "predicted_ms": predicted[-1] / 1e3,
+                                   "measured_ms": measured[-1] / 1e3,
+                                   "error_pct": float(100 * (predicted[-1] - measured[-1]) / measured[-1])}
+    if repeat >= 2:
+        result.update(retest(passes[0][:h], passes[1][:h]))
+        result["predictor_vs_each_pass"] = [metrics(predicted[:h], m[:h]) for m in passes]
+    result["archs"] = [{"kind": kind, "arch_id": a.arch_id, "arch": a.to_string(), "predicted_ms": p / 1e3,
+                        "measured_ms": m / 1e3, "block_sum_ms": u / 1e3,
+                        **({"measured_ms_by_pass": [float(x[i]) / 1e3 for x in passes]} if repeat >= 2 else {})}
+                       for i, (kind, a, p, m, u) in enumerate(zip([*kinds, "reference"][:len(nets)], nets, predicted,
+                                                                  measured, uncorrected, strict=True))]
     if plot:
         result["plot"] = str(scatter(predicted / 1e3, measured / 1e3, uncorrected / 1e3, plot,
-                                     f"{space.name} @{res}px, {threads} thread(s)"))
+                                     f"{table.space.name} @{table.resolution}px, {table.threads} thread(s)",
+                                     offgrid=np.append(offgrid, False)[:len(nets)]))
     return result
 
 
-def scatter(pred_ms: np.ndarray, meas_ms: np.ndarray, sum_ms: np.ndarray, path: str | Path, title: str) -> Path:
+def scatter(pred_ms: np.ndarray, meas_ms: np.ndarray, sum_ms: np.ndarray, path: str | Path, title: str,
+            offgrid: np.ndarray | None = None) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -97,7 +181,11 @@ def scatter(pred_ms: np.ndarray, meas_ms: np.ndarray, sum_ms: np.ndarray, path: 
     ax.plot(xs, xs, "k-", lw=1)
     ax.fill_between(xs, xs * 0.9, xs * 1.1, color="0.9", label="±10%")
     ax.scatter(meas_ms, sum_ms, s=14, c="tab:gray", alpha=0.6, label="block sum (uncorrected)")
-    ax.scatter(meas_ms, pred_ms, s=16, c="tab:blue", label="predicted (calibrated)")
+    off = np.zeros(len(pred_ms), dtype=bool) if offgrid is None else offgrid
+    ax.scatter(meas_ms[~off], pred_ms[~off], s=16, c="tab:blue", label="predicted (calibrated)")
+    if off.any():
+        ax.scatter(meas_ms[off], pred_ms[off], s=22, c="tab:orange", marker="^",
+                   label="predicted, off-grid (pruned / width mult)")
     ax.set_xlabel("measured latency (ms)")
     ax.set_ylabel("predicted latency (ms)")
     ax.set_title(title, fontsize=9)

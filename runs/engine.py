@@ -25,6 +25,7 @@ import latency as lat
 import search_space as ss
 import searchers as se
 from evaluators import ImageData, ProxyTrainer, load_data
+from latency.build import stale_kit
 from runs.config import RunConfig
 from runs.executors import Executor, WorkerLost, make_executor, stop_on_signals
 from runs.rundir import (
@@ -86,12 +87,17 @@ def resolve_table(config: RunConfig, show_progress: bool = True) -> tuple[lat.La
     tspace = table_space(config)
     path = lat.default_table_path(tspace, config.latency_resolution, config.latency_threads)
     if path.is_file():
-        return lat.LatencyTable.load(path), path
+        try:
+            return lat.LatencyTable.load(path), path
+        except lat.OutdatedTableError:  # our own cache, of an older bneck: measure it again, do not misread it
+            return lat.build_table(tspace, config.latency_resolution, config.latency_threads, force=True,
+                                   show_progress=show_progress)
     if not config.build_table:
         raise RunError(f"table: no cached table at {path}; build it (`bneck latency build --space {config.space} "
                        f"--resolution {config.latency_resolution}`) or drop --no-build-table")
-    partial = path.with_name(path.name + ".kit").is_dir()
-    return lat.build_table(tspace, config.latency_resolution, config.latency_threads, resume=partial,
+    stale = stale_kit(path)  # our own cache: an older bneck's partial build is started over, not refused
+    partial = path.with_name(path.name + ".kit").is_dir() and not stale
+    return lat.build_table(tspace, config.latency_resolution, config.latency_threads, resume=partial, force=stale,
                            show_progress=show_progress)
 
 

@@ -101,35 +101,58 @@ def build_cmd(space_name: str, resolution: int, threads: int, provider: str, num
         raise SystemExit(130) from None
     cal = table.calibration
     console_out.print(f"wrote {path}: {len(table)} entries, reference {table.reference_us / 1e3:.3f} ms, "
+                      f"rows repeat within {100 * table.meta['row_pass_spread_median']:.1f}% (median pass spread), "
                       f"calibration {'+'.join(cal['features'])} (leave-one-out MAPE "
-                      f"{100 * (cal.get('loo_mape') or 0):.1f}% on {cal['n_nets']} nets)")
+                      f"{100 * (cal.get('loo_mape') or 0):.1f}% on {cal['n_nets']} nets)", highlight=False)
 
 
 @latency_group.command("measure")
 @click.argument("spec_or_preset")
 @click.option("--resolution", type=click.IntRange(32, 2048), default=None, help="Input resolution (presets).")
 @click.option("--num-classes", type=click.IntRange(min=1), default=None)
+@click.option("--table", "table_path", type=click.Path(path_type=Path), default=None,
+              help="Express the latency in this table's host state (its reference, resolution and threads).")
+@click.option("--rounds", type=click.IntRange(min=1), default=None,
+              help="Rounds timed next to the reference (default: the protocol's).")
 @threads_opt
 @provider_opt
 @click.option("--json", "as_json", is_flag=True)
-def measure_cmd(spec_or_preset: str, resolution: int | None, num_classes: int | None, threads: int, provider: str,
-                as_json: bool) -> None:
-    """Measure a whole network with the table protocol."""
+def measure_cmd(spec_or_preset: str, resolution: int | None, num_classes: int | None, table_path: Path | None,
+                rounds: int | None, threads: int, provider: str, as_json: bool) -> None:
+    """Measure a whole network with the table protocol: rounds of paired bursts next to a reference.
+
+    Without --table the reference is V3-Small at the net's resolution, and `ratio_to_reference` is the number
+    that repeats from call to call; with --table, `ms` is in the table's host state, comparable to its
+    predictions and repeatable too."""
     provider = _provider(provider)
+    table = _load_table(table_path) if table_path is not None else None
     try:
-        arch = ss.load_arch(spec_or_preset, None, resolution, num_classes)
-    except ss.SpecError as exc:
+        if table is not None:
+            arch = ss.load_arch(spec_or_preset, None, resolution or table.resolution,
+                                num_classes or table.space.num_classes)
+            table.check(arch)
+            threads = table.threads
+            reference, protocol = ss.Arch.parse(table.meta["reference"]["arch"]), lat.Protocol.from_dict(
+                table.meta["protocol"])
+        else:
+            arch = ss.load_arch(spec_or_preset, None, resolution, num_classes)
+            reference, protocol = None, None
+    except (ss.SpecError, lat.LatencyError, lat.KitError) as exc:
         raise UserError(str(exc)) from None
     with console_err.status("measuring ..."):
-        t = lat.measure_arch(arch, threads, provider)
+        t = lat.measure_arch(arch, threads, provider, protocol, reference, rounds)
+    ms = t.ratio * (table.reference_us if table is not None else t.reference_us) / 1e3
     result = {"arch_id": arch.arch_id, "resolution": arch.resolution, "threads": threads, "provider": provider,
-              "median_ms": t.median_us / 1e3, "p10_ms": t.p10_us / 1e3, "p90_ms": t.p90_us / 1e3, "runs": t.runs}
+              "ms": ms, "ms_now": t.us / 1e3, "ratio_to_reference": t.ratio, "reference_ms_now": t.reference_us / 1e3,
+              "rounds": t.rounds, "round_ratio_spread": t.ratio_spread,
+              "host_state": "table" if table is not None else "now"}
     if as_json:
         click.echo(json.dumps(result))
     else:
-        console_out.print(f"{spec_or_preset} @{arch.resolution}px, {threads} thread(s): median "
-                          f"{result['median_ms']:.3f} ms (p10 {result['p10_ms']:.3f}, p90 {result['p90_ms']:.3f}, "
-                          f"{t.runs} runs)")
+        where = "in the table's host state" if table is not None else "now"
+        console_out.print(f"{spec_or_preset} @{arch.resolution}px, {threads} thread(s): {ms:.3f} ms {where} "
+                          f"({t.ratio:.4f} x the reference, {t.rounds} rounds, round-to-round spread "
+                          f"{100 * t.ratio_spread:.1f}%)", highlight=False)
 
 
 @latency_group.command("predict")
@@ -157,33 +180,45 @@ def predict_cmd(table_path: Path, specs: tuple[str, ...], as_json: bool) -> None
 
 @latency_group.command("validate")
 @click.option("--table", "table_path", type=click.Path(path_type=Path), required=True)
-@click.option("--samples", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--samples", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Sampled held-out nets (besides the off-grid ones).")
+@click.option("--pruned", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Randomly pruned (off-grid) nets; width-multiplier variants of the preset come too.")
 @click.option("--seed", type=int, default=1, show_default=True)
-@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--rounds", type=click.IntRange(min=1), default=None, help="Rounds per net (default: the protocol's).")
+@click.option("--repeat", type=click.IntRange(1, 5), default=1, show_default=True,
+              help="Measure the nets this many times, one pass after the other: 2 reports test-retest agreement.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Scatter PNG (default: next to the table).")
 @click.option("--json", "as_json", is_flag=True)
-def validate_cmd(table_path: Path, samples: int, seed: int, rounds: int, plot: Path | None, as_json: bool) -> None:
+def validate_cmd(table_path: Path, samples: int, pruned: int, seed: int, rounds: int | None, repeat: int,
+                 plot: Path | None, as_json: bool) -> None:
     """Measure held-out networks against their predictions (interleaved with the reference)."""
     table = _load_table(table_path)
     plot = plot or table_path.with_suffix(".validate.png")
     with progress_bar("validating") as prog:
         task = prog.add_task("validate", total=None)
-        result = lat.validate(table, samples, seed, rounds, plot=plot,
-                              progress=lambda d, t: prog.update(task, completed=d, total=t))
-    keys = ("n", "within_5pct", "within_10pct", "mape", "kendall_tau", "spearman")
-    summary = {k: result[k] for k in keys if k in result}
-    summary["uncorrected"] = {k: result["uncorrected"][k] for k in keys[1:] if k in result["uncorrected"]}
-    summary["plot"] = result["plot"]
+        try:
+            result = lat.validate(table, samples, seed, rounds, n_pruned=pruned, repeat=repeat, plot=plot,
+                                  progress=lambda d, t: prog.update(task, completed=d, total=t))
+        except (lat.LatencyError, lat.KitError) as exc:
+            raise UserError(str(exc)) from None
     if as_json:
-        click.echo(json.dumps(summary))
+        click.echo(json.dumps({k: v for k, v in result.items() if k != "archs"}))
         return
-    u = result["uncorrected"]
-    console_out.print(f"n={result['n']}: {100 * result['within_10pct']:.0f}% within ±10% "
-                      f"({100 * result['within_5pct']:.0f}% within ±5%), MAPE {100 * result['mape']:.1f}%, "
-                      f"Kendall τ {result.get('kendall_tau', float('nan')):.3f}; uncorrected layer sum: "
-                      f"{100 * u['within_10pct']:.0f}% within ±10%, MAPE {100 * u['mape']:.1f}%. "
-                      f"plot: {result['plot']}")
+    u, off = result["uncorrected"], result["offgrid"]
+    line = (f"held-out n={result['n']}: {100 * result['within_10pct']:.0f}% within ±10% "
+            f"({100 * result['within_5pct']:.0f}% within ±5%), MAPE {100 * result['mape']:.1f}%, "
+            f"Kendall τ {result.get('kendall_tau', float('nan')):.3f}")
+    if off["n"]:
+        line += f"; off-grid n={off['n']}: {100 * off['within_10pct']:.0f}% within ±10%"
+    line += f"; uncorrected layer sum: {100 * u['within_10pct']:.0f}% within ±10%, MAPE {100 * u['mape']:.1f}%."
+    if "retest_within_5pct" in result:
+        line += (f" Noise floor (pass 1 vs 2): {100 * result['retest_within_5pct']:.0f}% within ±5%, median |Δ| "
+                 f"{result['retest_median_abs_pct']:.1f}%, τ {result['retest_kendall_tau']:.3f}.")
+    if "reference_net" in result:
+        line += f" Seed/reference net (not in the metrics): {result['reference_net']['error_pct']:+.1f}%."
+    console_out.print(line + f" plot: {result['plot']}", highlight=False)
 
 
 @latency_group.command("kit")
@@ -218,7 +253,7 @@ def import_cmd(results: Path, out: Path) -> None:
     csv_path = results / "results.csv" if results.is_dir() else results
     try:
         table = lat.LatencyTable.from_kit(kit, csv_path)
-    except lat.LatencyError as exc:
+    except (lat.LatencyError, lat.KitError) as exc:
         raise UserError(str(exc)) from None
     table.save(out)
     console_out.print(f"wrote {out}: {len(table)} entries")

@@ -20,10 +20,11 @@ from click.testing import CliRunner
 
 import latency as lat
 import search_space as ss
-from latency.table import _drift_normalize
+from latency.table import row_latencies
+from latency.validate import held_out
 from runs.cli import cli
 
-FAST = lat.Protocol(warmup_runs=2, warmup_s=0.0, min_runs=5, min_time_s=0.002, attempts=1, calibration_rounds=2)
+FAST = lat.Protocol(warmup_runs=1, burst_runs=3, burst_min_s=0.0, passes=2, rounds=2)
 
 
 def tiny_space() -> ss.SearchSpace:
@@ -52,7 +53,7 @@ def test_build_measures_every_layer_config_and_records_metadata(built):
     meta = table.meta
     assert meta["resolution"] == 32 and meta["threads"] == 1
     assert meta["fingerprint"]["cores"] == os.cpu_count()
-    assert meta["protocol"]["name"] == "bneck-ort/1"
+    assert meta["protocol"]["name"] == "bneck-ort/2" and meta["protocol"]["passes"] == 2
     assert meta["reference"]["median_us"] > 0 and meta["reference"]["arch"] == space.seed.to_string()
     assert meta["calibration"]["n_nets"] == 6  # the seed + 5 sampled
     assert len(meta["calibration"]["coef"]) == len(meta["calibration"]["features"])
@@ -180,21 +181,43 @@ def test_table_from_another_device_warns(tmp_path, built):
     assert any("another device" in str(w.message) and "Some Other CPU 9000" in str(w.message) for w in caught)
 
 
-def test_drift_normalization_undoes_a_host_slowdown():
-    # the host gets 2x slower halfway; every layer is really 100 us in the reference's units
+@pytest.mark.parametrize("host", ["steps", "spikes"])
+def test_paired_rows_cancel_a_host_that_slows_down(host):
+    # every layer is really 20..200 us and the layer reference 100 us; the host gets 2x slower in steps (for
+    # whole stretches) or in spikes (single timings, up to 3x); a row and the reference timed right after it
+    # slow alike, so every row comes out as it really is, whatever pass it was timed in
+    rng = np.random.default_rng(0)
+    true = {f"l{i}": float(20 + 9 * i) for i in range(21)}
     rows = []
-    seq = 0
-    for i in range(200):
-        if i % 50 == 0:
-            rows.append({"key": "reference", "seq": seq, "median_us": 1000.0 if i < 100 else 2000.0})
-            seq += 1
-        rows.append({"key": f"l{i}", "seq": seq, "median_us": 100.0 if i < 100 else 200.0})
-        seq += 1
-    rows.append({"key": "reference", "seq": seq, "median_us": 2000.0})
-    normalized, _, _ = _drift_normalize(rows)
-    vals = np.array([normalized[f"l{i}"] for i in range(200)])
-    # away from the switch every layer normalizes to the same value
-    assert np.allclose(vals[:40], vals[:40].mean()) and np.allclose(vals[160:], vals[:40].mean())
+    for p in range(3):
+        for j, key in enumerate(rng.permutation(list(true))):
+            t = p * len(true) + j
+            if host == "steps":
+                slow = 2.0 if (t // 10) % 2 else 1.0
+                slow_ref = slow
+            else:
+                slow = 3.0 if rng.random() < 0.1 else 1.0
+                slow_ref = 3.0 if rng.random() < 0.1 else 1.0
+            rows.append({"key": key, "pass": p, "min_us": true[key] * slow, "ref_min_us": 100.0 * slow_ref})
+    est, spread, ref_us, _ = row_latencies(rows)
+    if host == "steps":
+        assert ref_us in (100.0, 200.0)  # the build's median host state: every row in its units
+        assert all(est[k] == pytest.approx(v * ref_us / 100.0) for k, v in true.items())
+        assert max(spread.values()) == pytest.approx(0.0, abs=1e-12)
+    else:  # a spike hits one of three passes: the median over passes drops it
+        assert ref_us == 100.0
+        assert sum(est[k] == pytest.approx(v) for k, v in true.items()) >= 19
+
+
+def test_whole_net_estimate_is_the_median_ratio_to_the_reference():
+    from latency.protocol import estimate
+
+    # a net that is 1.5x the reference, timed in 5 rounds while the host is 1x, 2x, 1x, 3x (spike of the net
+    # alone: 4.5 vs 1), 1x slower: the median ratio ignores the spike and the host's state
+    net = [150.0, 300.0, 150.0, 450.0, 150.0]
+    ref = [100.0, 200.0, 100.0, 100.0, 100.0]
+    assert estimate(net, ref, 100.0) == pytest.approx(150.0)
+    assert estimate(net, ref, 120.0) == pytest.approx(180.0)  # in another host state's units
 
 
 def test_calibration_fit_recovers_known_coefficients():
@@ -212,14 +235,32 @@ def test_calibration_fit_recovers_known_coefficients():
 
 def test_validate_reports_errors_and_writes_a_plot(tmp_path, built):
     table, _ = built
-    result = lat.validate(table, n=4, seed=3, rounds=1, plot=tmp_path / "v.png")
-    assert result["n"] == 5  # 4 samples + the seed network
-    for key in ("within_5pct", "within_10pct", "mape", "kendall_tau", "spearman"):
+    result = lat.validate(table, n=4, seed=3, rounds=1, n_pruned=2, repeat=2, plot=tmp_path / "v.png")
+    assert result["n"] == 6  # 4 samples + 2 pruned; the seed network is reported apart
+    for key in ("within_5pct", "within_10pct", "mape", "kendall_tau", "spearman", "retest_within_5pct",
+                "retest_kendall_tau", "retest_median_abs_pct"):
         assert key in result
     assert 0.0 <= result["within_10pct"] <= 1.0
+    assert result["offgrid"]["n"] == 2
     assert Path(result["plot"]).stat().st_size > 1000
-    ids = {a["arch_id"] for a in result["archs"]}
-    assert not ids & {n["arch_id"] for n in table.calibration["nets"] if n["arch_id"] != tiny_space().seed.arch_id}
+    held = {a["arch_id"] for a in result["archs"] if a["kind"] != "reference"}
+    calibration = {n["arch_id"] for n in table.calibration["nets"]}
+    assert tiny_space().seed.arch_id in calibration
+    assert not held & calibration, "held-out metrics exclude the calibration nets and the seed/reference net"
+    assert result["reference_net"]["arch_id"] == tiny_space().seed.arch_id
+    assert all(len(a["measured_ms_by_pass"]) == 2 for a in result["archs"])
+
+
+def test_held_out_nets_include_width_mults_and_pruned_nets_of_a_preset_space():
+    space = ss.get_space("mobilenet_v3_small_space", resolution=224)
+    table = lat.LatencyTable.from_layer_us(space, 224, lambda c: 1.0 + ss.layer_cost(c)[1] / 1e4)
+    chosen = held_out(table, n=3, seed=0, n_pruned=4)
+    kinds = [k for k, _ in chosen]
+    assert kinds.count("sampled") == 3 and kinds.count("pruned") == 4
+    assert {"width_mult_0.5", "width_mult_0.75", "width_mult_1.25"} <= set(kinds)
+    assert space.seed.arch_id not in {a.arch_id for _, a in chosen}
+    for _, a in chosen:
+        assert table.predict_ms(a) > 0  # off-grid widths are interpolated, not missing
 
 
 BUILD_SCRIPT = """
@@ -228,7 +269,7 @@ import latency as lat
 sys.path.insert(0, {tests!r})
 from test_latency import tiny_space, FAST
 import dataclasses
-slow = dataclasses.replace(FAST, min_time_s=0.03)
+slow = dataclasses.replace(FAST, burst_min_s=0.03)
 if __name__ == "__main__":
     lat.build_table(tiny_space(), 32, out={out!r}, n_calibration=3, protocol=slow, workers=1, show_progress=False,
                     resume={resume})
@@ -252,21 +293,96 @@ def test_resume_after_kill_keeps_measured_rows(tmp_path):
     proc.wait()
     assert not out.exists(), "the build was killed before it finished"
     with open(results, newline="") as f:
-        before = {r["key"]: r["wall_time"] for r in csv.DictReader(f) if r.get("wall_time") and r["key"] != "reference"}
+        before = {(r["key"], r["pass"]): r["wall_time"] for r in csv.DictReader(f) if r.get("wall_time")}
     assert before
     with pytest.raises(lat.LatencyError, match="pass --resume"):
         lat.build_table(tiny_space(), 32, out=out, protocol=FAST, workers=1, show_progress=False)
     script.write_text(BUILD_SCRIPT.format(tests=tests_dir, out=str(out), resume=True))
     subprocess.run([sys.executable, str(script)], check=True, timeout=300)
     with open(results, newline="") as f:
-        after = [r for r in csv.DictReader(f) if r["key"] != "reference"]
-    keys = [r["key"] for r in after]
-    assert len(keys) == len(set(keys)), "no layer is measured twice"
+        after = list(csv.DictReader(f))
+    keys = [(r["key"], r["pass"]) for r in after]
+    assert len(keys) == len(set(keys)), "no layer is measured twice in one pass"
     for r in after:
-        if r["key"] in before:
-            assert r["wall_time"] == before[r["key"]], "rows measured before the kill are kept, not re-measured"
+        if (r["key"], r["pass"]) in before:
+            assert r["wall_time"] == before[(r["key"], r["pass"])], "rows measured before the kill are kept"
     table = lat.LatencyTable.load(out)
     assert len(table) == len(tiny_space().layer_configs(32))
+
+
+def test_kit_resume_after_a_torn_write_keeps_every_complete_row(tmp_path):
+    kit = tmp_path / "kit"
+    space = tiny_space()
+    lat.write_kit(kit, space, 32, space.seed, [space.sample(1)], protocol=FAST, workers=1)
+    results = kit / "results.csv"
+    lat.run_kit(kit)
+    lines = results.read_bytes().splitlines(keepends=True)
+    kept = b"".join(lines[: len(lines) // 2])
+    results.write_bytes(kept + lines[len(lines) // 2][:17])  # killed mid-line, as by kill -9 or a full disk
+    (kit / "calibration.csv").unlink()
+    lat.run_kit(kit)
+    again = results.read_bytes()
+    assert again.startswith(kept), "rows measured before the interruption are kept byte for byte"
+    with open(results, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len({(r["key"], r["pass"]) for r in rows}) == len(rows) == len(lines) - 1  # complete, none twice
+    assert lat.LatencyTable.from_kit(kit).meta["calibration"]["n_nets"] == 1  # the one calibration net
+
+
+def test_a_second_process_measuring_the_same_kit_is_refused(tmp_path):
+    from latency.protocol import kit_lock
+
+    kit = tmp_path / "kit"
+    kit.mkdir()
+    code = ("import sys, time; from pathlib import Path; from latency.protocol import kit_lock\n"
+            "with kit_lock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(30)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(kit)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"  # type: ignore[union-attr]
+        with pytest.raises(lat.KitError, match=rf"is being measured by pid {holder.pid}"), kit_lock(kit):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with kit_lock(kit):  # released with its holder's death, even by SIGKILL
+        pass
+
+
+BUILD_TWICE = """
+import sys
+import latency as lat
+sys.path.insert(0, {tests!r})
+from test_latency import tiny_space, FAST
+import dataclasses
+if __name__ == "__main__":
+    slow = dataclasses.replace(FAST, burst_min_s=0.03)
+    lat.build_table(tiny_space(), 32, out={out!r}, n_calibration=2, protocol=slow, workers=1, show_progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_two_builds_of_one_table_at_once_measure_it_once(tmp_path):
+    out = tmp_path / "t.parquet"
+    script = tmp_path / "build.py"
+    script.write_text(BUILD_TWICE.format(tests=str(Path(__file__).parent), out=str(out)))
+    procs = [subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE, text=True)]
+    time.sleep(1.0)
+    procs.append(subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE, text=True))
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    assert sum("waiting:" in e for e in errs) == 1, errs  # the second waited for the first ...
+    with open(out.with_name(out.name + ".kit") / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len({(r["key"], r["pass"]) for r in rows}) == len(rows)  # ... and measured nothing again
+    assert len(lat.LatencyTable.load(out)) == len(tiny_space().layer_configs(32))
+
+
+def test_a_table_of_the_old_format_is_refused_with_what_to_do(tmp_path, built):
+    table, _ = built
+    old = lat.LatencyTable(table.entries, {**table.meta, "format": "bneck-latency-table/1"})
+    path = old.save(tmp_path / "old.parquet")
+    with pytest.raises(lat.OutdatedTableError, match="rebuild it"):
+        lat.LatencyTable.load(path)
 
 
 @pytest.mark.slow
@@ -341,4 +457,9 @@ def test_cli_predict_and_measure(built):
     result = runner.invoke(cli, ["latency", "measure", spec, "--json"])
     assert result.exit_code == 0, result.output
     m = json.loads(result.output)
-    assert m["median_ms"] > 0 and m["p10_ms"] <= m["median_ms"] <= m["p90_ms"]
+    assert m["ms"] > 0 and m["ratio_to_reference"] > 0 and m["host_state"] == "now"
+    result = runner.invoke(cli, ["latency", "measure", spec, "--table", str(path), "--rounds", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    m = json.loads(result.output)
+    assert m["host_state"] == "table" and m["rounds"] == 2
+    assert m["ms"] == pytest.approx(m["ratio_to_reference"] * lat.LatencyTable.load(path).reference_us / 1e3)
