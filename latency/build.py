@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from latency.kit import layer_key, write_kit
+from latency.kit import layer_key, offgrid_anchors, write_kit
 from latency.protocol import (
     KIT_FORMAT,
     KitError,
@@ -197,13 +197,14 @@ def _kit_format(kit: Path) -> str | None:
 def make_kit(kit: Path, space: SearchSpace, resolution: int, threads: int = 1, add: Sequence[Arch] = (),
              n_calibration: int = 24, seed: int = 0, protocol: Protocol | None = None, workers: int = 2,
              show_progress: bool = True, skip_keys: set[str] | frozenset[str] = frozenset()) -> Path:
-    """Write the kit for `space` at `resolution`: its layer configs, `add`'s layers, the seed network as
-    reference and `n_calibration` sampled networks (seeded) for the whole-network calibration."""
+    """Write the kit for `space` at `resolution`: its layer configs and the off-grid anchors below them, `add`'s
+    layers, the seed network as reference and `n_calibration` sampled networks (seeded) for the calibration."""
     if space.seed is None:
         raise LatencyError(f"space {space.name} has no seed network to use as the reference")
     rng = np.random.default_rng(seed)
     calibration = [space.seed, *[space.sample(rng) for _ in range(n_calibration)]]
-    layers = {layer_key(c): c for c in space.layer_configs(resolution)}
+    grid = space.layer_configs(resolution)
+    layers = {layer_key(c): c for c in [*grid, *offgrid_anchors(grid)]}
     manifest_path = kit / "manifest.json"
     if manifest_path.exists():  # keep layers an earlier --add brought in
         for e in json.loads(manifest_path.read_text())["entries"]:

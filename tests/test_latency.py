@@ -20,6 +20,7 @@ from click.testing import CliRunner
 
 import latency as lat
 import search_space as ss
+from latency.kit import offgrid_anchors
 from latency.table import row_latencies
 from latency.validate import held_out
 from runs.cli import cli
@@ -36,6 +37,12 @@ def tiny_space() -> ss.SearchSpace:
                            depth_delta=0, num_classes=4, resolution=32)
 
 
+def n_rows(space: ss.SearchSpace) -> int:
+    """Rows a table of `space` at 32 px has: its grid and the off-grid anchors."""
+    grid = space.layer_configs(32)
+    return len(grid) + len(offgrid_anchors(grid))
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("lat") / "tiny.parquet"
@@ -47,8 +54,12 @@ def built(tmp_path_factory):
 def test_build_measures_every_layer_config_and_records_metadata(built):
     table, path = built
     space = tiny_space()
-    assert len(table) == len(space.layer_configs(32))
-    assert set(table.entries["key"]) == {lat.layer_key(c) for c in space.layer_configs(32)}
+    grid = space.layer_configs(32)
+    anchors = offgrid_anchors(grid)
+    assert anchors and not set(anchors) & set(grid)
+    assert any(c.kind == "bneck" and c.cin == 8 and c.out == 8 for c in anchors)  # below the grid's widths
+    assert len(table) == len(grid) + len(anchors)
+    assert set(table.entries["key"]) == {lat.layer_key(c) for c in [*grid, *anchors]}
     assert (table.entries["median_us"] > 0).all()
     meta = table.meta
     assert meta["resolution"] == 32 and meta["threads"] == 1
@@ -85,7 +96,7 @@ def test_prediction_is_the_calibrated_layer_sum(built):
     raw = sum(float(table.entries.set_index("key").loc[lat.layer_key(c), "median_us"]) for c in layers)
     assert table.block_sum_us(arch) == pytest.approx(raw)
     cal = table.calibration
-    feats = {"sum_us": raw, "layers": len(layers), "mparams": ss.params(arch) / 1e6}
+    feats = {"sum_us": raw, "layers": len(layers), "mparams": ss.params(arch) / 1e6, "const": 1.0}
     expected = sum(c * feats[f] for f, c in zip(cal["features"], cal["coef"], strict=True))
     assert table.predict_us(arch) == pytest.approx(expected)
 
@@ -112,7 +123,7 @@ def test_missing_entries_are_listed_with_the_command_that_adds_them(built):
 def test_pruned_widths_are_interpolated_within_their_family(built):
     table, _ = built
     arch = tiny_space().seed
-    pruned = arch.replace(blocks=(arch.blocks[0], ss.Bneck(3, 16, 16, 2, True, "hswish"), *arch.blocks[2:]))
+    pruned = arch.replace(blocks=(arch.blocks[0], ss.Bneck(3, 40, 16, 2, True, "hswish"), *arch.blocks[2:]))
     cfg = pruned.layers()[2]
     assert lat.layer_key(cfg) not in set(table.entries["key"])
     e = table.entries
@@ -146,7 +157,7 @@ def test_add_extends_a_table_with_new_layers(tmp_path):
     table, _ = lat.build_table(tiny_space(), 32, out=out, add=[odd], n_calibration=3, protocol=FAST, workers=1,
                                show_progress=False)
     assert table.predict_ms(odd) > 0
-    assert len(table) == len(tiny_space().layer_configs(32)) + 1
+    assert len(table) == n_rows(tiny_space()) + 1
 
 
 def test_existing_table_needs_force(built):
@@ -307,7 +318,7 @@ def test_resume_after_kill_keeps_measured_rows(tmp_path):
         if (r["key"], r["pass"]) in before:
             assert r["wall_time"] == before[(r["key"], r["pass"])], "rows measured before the kill are kept"
     table = lat.LatencyTable.load(out)
-    assert len(table) == len(tiny_space().layer_configs(32))
+    assert len(table) == n_rows(tiny_space())
 
 
 def test_kit_resume_after_a_torn_write_keeps_every_complete_row(tmp_path):
@@ -374,7 +385,7 @@ def test_two_builds_of_one_table_at_once_measure_it_once(tmp_path):
     with open(out.with_name(out.name + ".kit") / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len({(r["key"], r["pass"]) for r in rows}) == len(rows)  # ... and measured nothing again
-    assert len(lat.LatencyTable.load(out)) == len(tiny_space().layer_configs(32))
+    assert len(lat.LatencyTable.load(out)) == n_rows(tiny_space())
 
 
 def test_a_table_of_the_old_format_is_refused_with_what_to_do(tmp_path, built):
@@ -408,7 +419,7 @@ def test_kit_runs_in_a_venv_with_only_onnxruntime_and_numpy(tmp_path):
     subprocess.run([str(py), str(kit / "measure.py")], check=True, timeout=600, capture_output=True)
     assert (kit / "results.csv").exists() and (kit / "calibration.csv").exists()
     table = lat.LatencyTable.from_kit(kit)
-    assert len(table) == len(tiny_space().layer_configs(32))
+    assert len(table) == n_rows(tiny_space())
     assert table.predict_ms(tiny_space().sample(9)) > 0
     runner = CliRunner()
     result = runner.invoke(cli, ["latency", "import", str(kit / "results.csv"), "--out", str(tmp_path / "k.parquet")])
