@@ -106,7 +106,7 @@ def measure_arch(arch: Arch, threads: int = 1, provider: str = "CPUExecutionProv
 
 def build_table(space: SearchSpace, resolution: int | None = None, threads: int = 1,
                 provider: str = "CPUExecutionProvider", out: str | os.PathLike[str] | None = None,
-                resume: bool = False, force: bool = False, add: Sequence[Arch] = (), n_calibration: int = 24,
+                resume: bool = False, force: bool = False, add: Sequence[Arch] = (), n_calibration: int = 64,
                 seed: int = 0, protocol: Protocol | None = None, workers: int = 2, show_progress: bool = True,
                 keep_graphs: bool = False) -> tuple[LatencyTable, Path]:
     """Measure every layer configuration of `space` at `resolution` and save the table; returns it and its path."""
@@ -195,7 +195,7 @@ def _kit_format(kit: Path) -> str | None:
 
 
 def make_kit(kit: Path, space: SearchSpace, resolution: int, threads: int = 1, add: Sequence[Arch] = (),
-             n_calibration: int = 24, seed: int = 0, protocol: Protocol | None = None, workers: int = 2,
+             n_calibration: int = 64, seed: int = 0, protocol: Protocol | None = None, workers: int = 2,
              show_progress: bool = True, skip_keys: set[str] | frozenset[str] = frozenset()) -> Path:
     """Write the kit for `space` at `resolution`: its layer configs and the off-grid anchors below them, `add`'s
     layers, the seed network as reference and `n_calibration` sampled networks (seeded) for the calibration."""

@@ -62,19 +62,22 @@ def row_latencies(rows: list[dict[str, Any]]) -> tuple[dict[str, float], dict[st
                                  "max": float(q[4])}
 
 
-FEATURES = ("sum_us", "layers", "mparams", "const")
+FEATURES = ("sum_us", "hires_us", "edge_us", "layers", "mparams", "const")
 CANDIDATE_MODELS: tuple[tuple[str, ...], ...] = (
     ("sum_us",), ("sum_us", "layers"), ("sum_us", "const"), ("sum_us", "mparams"), ("sum_us", "layers", "mparams"),
-    ("sum_us", "layers", "const"))
+    ("sum_us", "layers", "const"), ("sum_us", "hires_us", "edge_us"), ("sum_us", "hires_us", "edge_us", "layers"),
+    ("sum_us", "hires_us", "edge_us", "const"))
 
 
 def fit_calibration(features: dict[str, np.ndarray], whole_us: np.ndarray) -> dict[str, Any]:
     """Least squares `whole ≈ Σ coef·feature`, the feature set chosen by leave-one-out error.
 
-    Features: the hot-cache layer sum (coefficient >= 0), the number of layers, the parameter count in millions
-    and a constant (signed: each layer graph timed alone carries its own per-run overhead, which a whole
-    network pays once; measured here, a calibration restricted to positive terms over-predicted small nets by
-    5-12% and one with a signed per-layer or constant term did not).
+    Features: the hot-cache layer sum, and apart the sums over high-resolution blocks (input >= 1/4 of the
+    resolution) and over stem + head (these relate to their in-network cost differently: with one coefficient
+    the held-out nets came out +3% biased, with the three 0.6%), the number of layers, the parameter count in
+    millions and a constant. The sum's coefficient is >= 0, the others signed: each layer graph timed alone
+    carries its own per-run overhead, which a whole network pays once (restricted to positive terms the
+    calibration over-predicted small nets by 5-12%).
     """
     from scipy.optimize import lsq_linear
 
@@ -82,7 +85,7 @@ def fit_calibration(features: dict[str, np.ndarray], whole_us: np.ndarray) -> di
     feats = {**features, "const": np.ones_like(y)}
 
     def solve(x: np.ndarray, target: np.ndarray, cols: tuple[str, ...]) -> np.ndarray:
-        lower = [0.0 if c == "sum_us" else -np.inf for c in cols]
+        lower = [0.0 if c == "sum_us" else -np.inf for c in cols]  # the sub-sums correct the whole sum: signed
         return lsq_linear(x, target, bounds=(lower, [np.inf] * len(cols))).x
 
     def loo(cols: tuple[str, ...]) -> float:
@@ -94,7 +97,7 @@ def fit_calibration(features: dict[str, np.ndarray], whole_us: np.ndarray) -> di
             errs.append(abs(float(x[i] @ coef) - y[i]) / y[i])
         return float(np.mean(errs))
 
-    scores = {cols: loo(cols) for cols in CANDIDATE_MODELS if len(y) > len(cols) + 2}
+    scores = {cols: loo(cols) for cols in CANDIDATE_MODELS if len(y) > len(cols) + 2 and set(cols) <= set(feats)}
     best = min(scores, key=lambda c: (round(scores[c], 6), len(c)))
     x = np.column_stack([feats[c] for c in best]).astype(float)
     coef = solve(x, y, best)
@@ -307,22 +310,38 @@ class LatencyTable:
             raise LatencyError(self._missing_message(missing))
         return math.fsum(values)
 
-    def calibrate(self, sum_us: Any, n_layers: Any, mparams: Any) -> Any:
-        """Whole-network latency from the layer sum and the calibration's other features."""
+    def calibrate(self, values: dict[str, Any]) -> Any:
+        """Whole-network latency from the layer sums and the calibration's other features (`FEATURES`)."""
         c = self.calibration
-        values = {"sum_us": sum_us, "layers": n_layers, "mparams": mparams, "const": 1.0}
+        values = {**values, "const": 1.0}
         return sum(coef * values[f] for f, coef in zip(c["features"], c["coef"], strict=True))
 
-    def _fast_sum_us(self, arch: Arch) -> float | None:
-        """Layer sum by tuple lookups; None when a layer is missing (the slow path then names it)."""
+    def _hires(self, size: int) -> bool:
+        return 4 * size >= self.resolution
+
+    def feature_sums(self, arch: Arch) -> dict[str, float]:
+        """The calibration's additive features of `arch`: layer sums (all, high-resolution blocks, stem+head),
+        layer count and parameters (M)."""
+        total = self.block_sum_us(arch)
+        layers = arch.layers()
+        hires = math.fsum(self.layer_us(c) for c in layers if c.kind in ("bneck", "ds") and self._hires(c.size))
+        edge = math.fsum(self.layer_us(c) for c in layers if c.kind in ("stem", "head"))
+        return {"sum_us": total, "hires_us": hires, "edge_us": edge, "layers": float(len(layers)),
+                "mparams": params(arch) / 1e6}
+
+    def _fast_sums(self, arch: Arch) -> tuple[float, float, float] | None:
+        """(layer sum, high-resolution block sum, stem + head) by tuple lookups; None when a layer is missing
+        (the slow path then interpolates it or names it)."""
         get = self._us_by_tuple.get
         size = arch.resolution
         s = arch.stem
-        total = get(("stem", size, 3, 0, s.out, s.kernel, s.stride, False, s.act))
-        if total is None:
+        edge = get(("stem", size, 3, 0, s.out, s.kernel, s.stride, False, s.act))
+        if edge is None:
             return None
         size = (size + s.stride - 1) // s.stride
         cin = s.out
+        total = hires = 0.0
+        limit = self.resolution
         for b in arch.blocks:
             if type(b) is Bneck:
                 v = get(("bneck", size, cin, b.expand, b.out, b.kernel, b.stride, b.se, b.act))
@@ -331,6 +350,8 @@ class LatencyTable:
             if v is None:
                 return None
             total += v
+            if 4 * size >= limit:
+                hires += v
             if b.stride != 1:
                 size = (size + 1) // 2
             cin = b.out
@@ -338,18 +359,20 @@ class LatencyTable:
         v = get(("head", size, cin, h.conv or 0, h.hidden or 0, 1, 1, False, f"{h.conv_act}/{h.hidden_act}"))
         if v is None or arch.num_classes != self._head_classes:
             return None
-        return total + v
+        edge += v
+        return total + edge, hires, edge
 
     def predict_us(self, arch: Arch, threads: int | None = None) -> float:
         """Predicted whole-network latency in µs on the table's device, in the table's host state."""
         if arch.resolution != self.resolution or (threads is not None and threads != self.threads):
             self.check(arch, threads)
-        total = self._fast_sum_us(arch)
-        if total is None:
-            total = self.block_sum_us(arch)
-        c = self.calibration
-        mparams = params(arch) / 1e6 if "mparams" in c["features"] else 0.0
-        return float(self.calibrate(total, len(arch.blocks) + 2, mparams))
+        fast = self._fast_sums(arch)
+        if fast is None:
+            return float(self.calibrate(self.feature_sums(arch)))
+        total, hires, edge = fast
+        mparams = params(arch) / 1e6 if "mparams" in self.calibration["features"] else 0.0
+        return float(self.calibrate({"sum_us": total, "hires_us": hires, "edge_us": edge,
+                                     "layers": float(len(arch.blocks) + 2), "mparams": mparams}))
 
     def predict_ms(self, arch: Arch, threads: int | None = None) -> float:
         return self.predict_us(arch, threads) / 1e3
@@ -357,16 +380,19 @@ class LatencyTable:
     def predict_ms_batch(self, encoded: np.ndarray) -> np.ndarray:
         """Predicted latency (ms) of many encoded architectures of the table's space (numpy only)."""
         if self._tables is None:
-            def fn(cfg: LayerConfig) -> tuple[float, float, float]:
+            def fn(cfg: LayerConfig) -> tuple[float, float, float, float, float]:
                 try:
                     us = self.layer_us(cfg)
                 except LatencyError:
                     us = math.nan
-                return us, 1.0, layer_cost(cfg)[0] / 1e6
+                block = cfg.kind in ("bneck", "ds")
+                return (us, 1.0, layer_cost(cfg)[0] / 1e6, us if block and self._hires(cfg.size) else 0.0,
+                        0.0 if block else us)
 
             self._tables = self.space.tabulate(fn)
-        totals = self._tables.total(encoded)
-        out = self.calibrate(totals[:, 0], totals[:, 1], totals[:, 2]) / 1e3
+        t = self._tables.total(encoded)
+        out = self.calibrate({"sum_us": t[:, 0], "layers": t[:, 1], "mparams": t[:, 2], "hires_us": t[:, 3],
+                              "edge_us": t[:, 4]}) / 1e3
         if np.isnan(out).any():
             bad = int(np.flatnonzero(np.isnan(out))[0])
             arch = self.space.decode(np.asarray(encoded).reshape(len(out), -1)[bad])
@@ -553,9 +579,9 @@ def _calibration_from_rows(rows: list[dict[str, str]], by_key: dict[str, Any], r
         return {"features": ["sum_us"], "coef": [1.0], "n_nets": len(keys)}
     archs = [Arch.parse(by_key[k]["arch"]) for k in keys]
     whole = np.array([estimate([t for t, _ in pairs[k]], [r for _, r in pairs[k]], ref_us) for k in keys])
-    sums = np.array([table.block_sum_us(a) for a in archs])
-    feats = {"sum_us": sums, "layers": np.array([len(a.blocks) + 2 for a in archs], dtype=float),
-             "mparams": np.array([params(a) / 1e6 for a in archs])}
+    per = [table.feature_sums(a) for a in archs]
+    feats = {k: np.array([f[k] for f in per]) for k in per[0]}
+    sums = feats["sum_us"]
     cal = fit_calibration(feats, whole)
     cal["nets"] = [{"arch_id": a.arch_id, "sum_us": float(s), "whole_us": float(w), "rounds": len(pairs[k])}
                    for k, a, s, w in zip(keys, archs, sums, whole, strict=True)]

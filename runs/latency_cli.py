@@ -81,7 +81,7 @@ provider_opt = click.option("--provider", default="CPUExecutionProvider", show_d
 @click.option("--resume", is_flag=True, help="Finish an interrupted build without re-measuring rows.")
 @click.option("--force", is_flag=True, help="Discard an existing table or partial build and start over.")
 @click.option("--add", "add", multiple=True, metavar="SPEC", help="Also measure this architecture's layers.")
-@click.option("--calibration-nets", type=click.IntRange(min=3), default=24, show_default=True,
+@click.option("--calibration-nets", type=click.IntRange(min=3), default=64, show_default=True,
               help="Whole networks timed to calibrate the layer sum.")
 @click.option("--seed", type=int, default=0, show_default=True)
 def build_cmd(space_name: str, resolution: int, threads: int, provider: str, num_classes: int, width_mult: float,
@@ -228,7 +228,7 @@ def validate_cmd(table_path: Path, samples: int, pruned: int, seed: int, rounds:
 @click.option("--num-classes", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--width-mult", type=float, default=1.0, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
-@click.option("--calibration-nets", type=click.IntRange(min=3), default=24, show_default=True)
+@click.option("--calibration-nets", type=click.IntRange(min=3), default=64, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 def kit_cmd(space_name: str, resolution: int, threads: int, num_classes: int, width_mult: float, out: Path,
             calibration_nets: int, seed: int) -> None:

@@ -93,12 +93,22 @@ def test_prediction_is_the_calibrated_layer_sum(built):
     table, _ = built
     arch = tiny_space().sample(5)
     layers = arch.layers()
-    raw = sum(float(table.entries.set_index("key").loc[lat.layer_key(c), "median_us"]) for c in layers)
+    us = table.entries.set_index("key")["median_us"]
+    raw = sum(float(us.loc[lat.layer_key(c)]) for c in layers)
     assert table.block_sum_us(arch) == pytest.approx(raw)
+    hires = sum(float(us.loc[lat.layer_key(c)]) for c in layers if c.kind == "bneck" and 4 * c.size >= 32)
+    edge = sum(float(us.loc[lat.layer_key(c)]) for c in layers if c.kind in ("stem", "head"))
+    feats = {"sum_us": raw, "hires_us": hires, "edge_us": edge, "layers": len(layers),
+             "mparams": ss.params(arch) / 1e6, "const": 1.0}
+    assert table.feature_sums(arch) == pytest.approx({k: v for k, v in feats.items() if k != "const"})
     cal = table.calibration
-    feats = {"sum_us": raw, "layers": len(layers), "mparams": ss.params(arch) / 1e6, "const": 1.0}
     expected = sum(c * feats[f] for f, c in zip(cal["features"], cal["coef"], strict=True))
     assert table.predict_us(arch) == pytest.approx(expected)
+    forced = lat.LatencyTable(table.entries, {**table.meta, "calibration": {
+        "features": ["sum_us", "hires_us", "edge_us", "layers", "const"], "coef": [0.9, 0.1, -0.2, -3.0, 5.0]}})
+    assert forced.predict_us(arch) == pytest.approx(0.9 * raw + 0.1 * hires - 0.2 * edge - 3.0 * len(layers) + 5.0)
+    enc = tiny_space().encode(arch)[None, :]
+    assert forced.predict_ms_batch(enc)[0] == pytest.approx(forced.predict_ms(arch))
 
 
 def test_wrong_resolution_or_threads_is_an_error(built):
