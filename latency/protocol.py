@@ -58,7 +58,9 @@ class Protocol:
     burst_min_s: float = 0.002  # ... and at least this long (tiny layers take microseconds)
     max_runs: int = 400
     passes: int = 3             # passes over a table's rows, each in its own shuffled order
-    rounds: int = 12            # rounds over whole networks (calibration, validation, `latency measure`)
+    rounds: int = 12            # rounds over whole networks (calibration, validation, `latency measure`) ...
+    max_rounds: int = 30        # ... and more, up to this many, for a net whose estimate is still unsure:
+    target_se: float = 0.012    # relative standard error of its median ratio (a quiet host: ~0.9% at 12 rounds)
     chunk: int = 256            # rows whose sessions are open at once; their passes run back to back
 
     @classmethod
@@ -127,25 +129,52 @@ def estimate(values_us: Any, refs_us: Any, reference_us: float) -> float:
     return float(np.median(v / r) * reference_us)
 
 
+def ratio_se(ratios: Any) -> float:
+    """Relative standard error of the median of per-round ratios (from their MAD): how sure the estimate is."""
+    r = np.asarray(ratios, dtype=float)
+    if len(r) < 3:
+        return float("inf")
+    med = float(np.median(r))
+    mad = float(np.median(np.abs(r - med))) * 1.4826
+    return 1.253 * mad / np.sqrt(len(r)) / med
+
+
 def time_interleaved(sessions: list[Any], reference: Any, rounds: int, protocol: Protocol, seed: int = 0,
                      on_timing: Callable[[int, int, float, float], None] | None = None,
-                     skip: Callable[[int, int], bool] | None = None) -> None:
-    """Time warm sessions against the reference, A R B R C R ..., in `rounds` rounds, each shuffled.
+                     skip: Callable[[int, int], bool] | None = None,
+                     history: list[list[float]] | None = None) -> None:
+    """Time warm sessions against the reference, A R B R C R ..., in `rounds` rounds, each shuffled; then, in a
+    noisy stretch, more rounds for the nets whose estimate is still unsure (`ratio_se` > `target_se`), up to
+    `max_rounds` in all.
 
     This is how whole networks are measured everywhere (calibration, validation, `latency measure`).
     `on_timing(round, index, min_us, reference_min_us)` receives every pair; `skip(round, index)` leaves pairs
-    already measured (a resumed calibration) out without changing the order of the others.
+    already measured (a resumed calibration) out without changing the order of the others, and `history` holds
+    their ratios, so a resume decides on extra rounds from everything measured so far.
     """
     feeds = [feeds_for(s) for s in sessions]
     ref_feeds = feeds_for(reference)
+    ratios = [list(h) for h in history] if history is not None else [[] for _ in sessions]
+
+    def one(rnd: int, i: int) -> None:
+        if skip is not None and skip(rnd, i):
+            return
+        t, r = paired(sessions[i], feeds[i], reference, ref_feeds, protocol)
+        ratios[i].append(t.min_us / r.min_us)
+        if on_timing is not None:
+            on_timing(rnd, i, t.min_us, r.min_us)
+
     for rnd in range(rounds):
-        order = np.random.default_rng([seed, rnd]).permutation(len(sessions))
-        for i in order:
-            if skip is not None and skip(rnd, int(i)):
-                continue
-            t, r = paired(sessions[int(i)], feeds[int(i)], reference, ref_feeds, protocol)
-            if on_timing is not None:
-                on_timing(rnd, int(i), t.min_us, r.min_us)
+        for i in np.random.default_rng([seed, rnd]).permutation(len(sessions)):
+            one(rnd, int(i))
+    rnd = rounds
+    while rnd < protocol.max_rounds:
+        unsure = [i for i in range(len(sessions)) if ratio_se(ratios[i]) > protocol.target_se]
+        if not unsure:
+            break
+        for j in np.random.default_rng([seed, rnd]).permutation(len(unsure)):
+            one(rnd, unsure[int(j)])
+        rnd += 1
 
 
 def fingerprint(threads: int, provider: str) -> dict[str, Any]:
@@ -321,10 +350,16 @@ def calibrate_kit(kit: Path, out: Path, threads: int, provider: str, protocol: P
         return out
     ref_entry = next(e for e in manifest["entries"] if e["key"] == "reference")
     _cut_torn_tail(out)
-    done = {(int(r["round"]), r["key"]) for r in done_rows(out)}
+    rows = done_rows(out)
+    done = {(int(r["round"]), r["key"]) for r in rows}
     keys = [e["key"] for e in nets]
+    history: list[list[float]] = [[] for _ in keys]
+    for r in sorted(rows, key=lambda r: int(r["round"])):
+        if r["key"] in keys:
+            history[keys.index(r["key"])].append(float(r["whole_us"]) / float(r["reference_us"]))
     total = protocol.rounds * len(nets)
-    if all((rnd, k) in done for rnd in range(protocol.rounds) for k in keys):
+    base_done = all((rnd, k) in done for rnd in range(protocol.rounds) for k in keys)
+    if base_done and all(ratio_se(h) <= protocol.target_se or len(h) >= protocol.max_rounds for h in history):
         return out
     sessions = [session(kit / e["file"], threads, provider) for e in nets]
     ref = session(kit / ref_entry["file"], threads, provider)
@@ -346,7 +381,8 @@ def calibrate_kit(kit: Path, out: Path, threads: int, provider: str, protocol: P
                 progress(count, total, "calibration")
 
         time_interleaved(sessions, ref, protocol.rounds, protocol, seed=int(manifest.get("seed", 0)),
-                         on_timing=record, skip=lambda rnd, i: (rnd, keys[i]) in done)
+                         on_timing=record, skip=lambda rnd, i: (rnd, keys[i]) in done,
+                         history=history)
     return out
 
 

@@ -25,7 +25,8 @@ from latency.table import row_latencies
 from latency.validate import held_out
 from runs.cli import cli
 
-FAST = lat.Protocol(warmup_runs=1, burst_runs=3, burst_min_s=0.0, passes=2, rounds=2)
+FAST = lat.Protocol(warmup_runs=1, burst_runs=3, burst_min_s=0.0, passes=2, rounds=2,
+                   max_rounds=2)
 
 
 def tiny_space() -> ss.SearchSpace:
@@ -230,6 +231,35 @@ def test_paired_rows_cancel_a_host_that_slows_down(host):
         assert sum(est[k] == pytest.approx(v) for k, v in true.items()) >= 19
 
 
+def test_whole_nets_get_more_rounds_only_while_their_estimate_is_unsure(monkeypatch):
+    import latency.protocol as lp
+
+    class Fake:  # a session stand-in: which net it is; `paired` below makes up its timings
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def get_inputs(self) -> list:
+            return []
+
+    rng = np.random.default_rng(0)
+    slow = iter(np.repeat([1.0, 2.0, 1.0, 3.0], 200))  # the host slows 2x and 3x in long steps
+
+    def fake_paired(sess, feeds, ref, ref_feeds, p):
+        host = next(slow)
+        jitter = rng.uniform(0.7, 1.3) if sess.name == "noisy" else 1.0  # contention that hits one net alone
+        net_us = {"quiet": 150.0, "noisy": 300.0}[sess.name] * host * jitter
+        return lp.Burst(net_us, net_us, 8), lp.Burst(100.0 * host, 100.0 * host, 8)
+
+    monkeypatch.setattr(lp, "paired", fake_paired)
+    got: dict[int, list[float]] = {0: [], 1: []}
+    p = lat.Protocol(rounds=6, max_rounds=20, target_se=0.01)
+    lp.time_interleaved([Fake("quiet"), Fake("noisy")], Fake("ref"), p.rounds, p,
+                        on_timing=lambda rnd, i, t, r: got[i].append(t / r))
+    assert len(got[0]) == 6 and np.allclose(got[0], 1.5)  # the host's steps divide out: no extra rounds
+    assert len(got[1]) == 20  # unsure: measured up to max_rounds
+    assert lp.estimate(got[1], [1.0] * 20, 1.0) == pytest.approx(3.0, rel=0.08)
+
+
 def test_whole_net_estimate_is_the_median_ratio_to_the_reference():
     from latency.protocol import estimate
 
@@ -396,6 +426,20 @@ def test_two_builds_of_one_table_at_once_measure_it_once(tmp_path):
         rows = list(csv.DictReader(f))
     assert len({(r["key"], r["pass"]) for r in rows}) == len(rows)  # ... and measured nothing again
     assert len(lat.LatencyTable.load(out)) == n_rows(tiny_space())
+
+
+def test_a_kit_of_the_old_format_is_refused_by_measure_py_and_import(tmp_path):
+    kit = tmp_path / "kit"
+    lat.write_kit(kit, tiny_space(), 32, tiny_space().seed, [], protocol=FAST, workers=1)
+    manifest = json.loads((kit / "manifest.json").read_text())
+    (kit / "manifest.json").write_text(json.dumps({**manifest, "format": "bneck-latency-kit/1"}))
+    res = subprocess.run([sys.executable, str(kit / "measure.py")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "kit format 'bneck-latency-kit/1'" in res.stderr and "Traceback" not in res.stderr
+    assert not (kit / "results.csv").exists()
+    old_protocol = {**manifest, "protocol": {"name": "bneck-ort/1", "min_runs": 15}}
+    (kit / "manifest.json").write_text(json.dumps(old_protocol))
+    res = subprocess.run([sys.executable, str(kit / "measure.py")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "protocol 'bneck-ort/1'" in res.stderr
 
 
 def test_a_table_of_the_old_format_is_refused_with_what_to_do(tmp_path, built):

@@ -26,7 +26,8 @@ from runs.outputs import export_trial, write_report
 from runs.rundir import RunDir, RunError
 from search_space.timm_def import arch_from_timm, expand_ratio, to_timm
 
-FAST = lat.Protocol(warmup_runs=1, burst_runs=3, burst_min_s=0.0, passes=2, rounds=2)
+FAST = lat.Protocol(warmup_runs=1, burst_runs=3, burst_min_s=0.0, passes=2, rounds=2,
+                   max_rounds=2)
 
 
 def invoke(args: list[str], tmp: Path):

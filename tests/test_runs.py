@@ -26,7 +26,8 @@ from runs.cli import cli
 from runs.config import ConfigError, RunConfig, load_config, resume_config
 
 BNECK = [sys.executable, "-m", "runs.cli"]
-FAST = lat.Protocol(warmup_runs=1, burst_runs=3, burst_min_s=0.0, passes=2, rounds=2)
+FAST = lat.Protocol(warmup_runs=1, burst_runs=3, burst_min_s=0.0, passes=2, rounds=2,
+                   max_rounds=2)
 
 
 @pytest.fixture(scope="module")

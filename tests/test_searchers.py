@@ -297,7 +297,8 @@ def test_search_with_a_real_latency_table(tmp_path):
                    ss.Head(conv=32, hidden=64), num_classes=4, resolution=32)
     table_space = ss.space_around("tiny_space", seed, expand_ratios=(1.0, 3.0), width_ratios=(1.0,),
                                   kernels=(3, 5), depth_delta=0, num_classes=4, resolution=32)
-    fast = lat.Protocol(warmup_runs=1, burst_runs=3, burst_min_s=0.0, passes=2, rounds=2)
+    fast = lat.Protocol(warmup_runs=1, burst_runs=3, burst_min_s=0.0, passes=2, rounds=2,
+                          max_rounds=2)
     table, _ = lat.build_table(table_space, 32, out=tmp_path / "t.parquet", n_calibration=3, protocol=fast,
                                workers=1, show_progress=False)
     space = ss.space_around("tiny_space", seed, expand_ratios=(1.0, 3.0), width_ratios=(1.0,), kernels=(3, 5),
