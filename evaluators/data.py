@@ -9,6 +9,7 @@ no RAM. Mistakes raise `DataError` with one line naming the file or field and wh
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -24,12 +25,17 @@ import numpy as np
 from search_space.paths import cache_dir as default_cache_dir
 from search_space.progress import progress_bar
 
-BUILTINS: tuple[str, ...] = ("digits",)
+BUILTINS: tuple[str, ...] = ("digits", "fashion")
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist (MIT); BNECK_FASHION_DIR
+FASHION_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+                 "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+FASHION_CLASSES = ("t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+                   "ankle boot")
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 MIN_RESOLUTION = 8
 MAX_RESOLUTION = 1024
 CACHE_FORMAT = "bneck-data/1"
-ALLOWED_FORMS = ("builtin:digits, an image folder PATH/<class>/*.png|jpg|jpeg|bmp|webp, "
+ALLOWED_FORMS = ("builtin:digits, builtin:fashion[:N], an image folder PATH/<class>/*.png|jpg|jpeg|bmp|webp, "
                  "or a .npz file with arrays x and y")
 _CHUNK_BYTES = 64 << 20  # decode buffer: bounds memory whatever the folder size
 
@@ -45,6 +51,8 @@ class ImageData:
     `x_train`/`x_val` may be read-only memory maps (image folders); every array is read-only, so code that would
     modify them fails on the built-in data in tests as it would on a folder. `mean`/`std` are per-channel over
     `x_train / 255`, for normalization. `eq=False`: comparing arrays elementwise is never what `==` should mean.
+    `x_test`/`y_test`: a test split the dataset ships (Fashion-MNIST's 10k), which train/val never touch: the
+    final numbers come from it; None for sources without one.
     """
 
     source: str
@@ -57,14 +65,17 @@ class ImageData:
     y_val: np.ndarray
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    x_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
     def __repr__(self) -> str:
+        test = f", test={len(self.y_test)}" if self.y_test is not None else ""
         return (f"ImageData(source={self.source!r}, fingerprint={self.fingerprint!r}, classes={self.num_classes}, "
-                f"resolution={self.resolution}, train={len(self.y_train)}, val={len(self.y_val)})")
+                f"resolution={self.resolution}, train={len(self.y_train)}, val={len(self.y_val)}{test})")
 
 
 def load_data(spec: str | os.PathLike[str], resolution: int = 32, seed: int = 0, val_fraction: float = 0.2,
@@ -81,10 +92,14 @@ def load_data(spec: str | os.PathLike[str], resolution: int = 32, seed: int = 0,
     if not text:
         raise DataError(f"data spec is empty: use {ALLOWED_FORMS}")
     if text.startswith("builtin:"):
-        name = text.removeprefix("builtin:")
+        name, _, limit = text.removeprefix("builtin:").partition(":")
         if name not in BUILTINS:
             allowed = ", ".join(f"builtin:{b}" for b in BUILTINS)
-            raise DataError(f"unknown builtin dataset {text!r}: allowed {allowed}")
+            raise DataError(f"unknown builtin dataset {text!r}: allowed {allowed} (builtin:fashion:N for a subset)")
+        if name == "fashion":
+            return _load_fashion(text, _parse_limit(text, limit), resolution, seed, val_fraction)
+        if limit:
+            raise DataError(f"{text!r}: builtin:digits has no subsets (1,797 images); a size is for builtin:fashion")
         return _load_digits(text, resolution, seed, val_fraction)
     path = Path(text).expanduser()
     if path.is_dir():
@@ -226,6 +241,75 @@ def _load_digits(source: str, resolution: int, seed: int, val_fraction: float) -
     fp = _fingerprint("digits", f"sklearn-digits:{sklearn.__version__}", resolution, seed, val_fraction)
     classes = tuple(str(i) for i in range(10))
     return _in_memory(source, fp, classes, resolution, _resize(x8, resolution), y, seed, val_fraction)
+
+
+# ---- builtin:fashion ----------------------------------------------------------------------------------------------
+def _parse_limit(text: str, limit: str) -> int | None:
+    if not limit:
+        return None
+    if not limit.isdigit() or not 20 <= int(limit) <= 60000:
+        raise DataError(f"{text!r}: subset size {limit!r} must be an integer in [20, 60000] (training images)")
+    return int(limit)
+
+
+def fashion_dir() -> Path:
+    return Path(os.environ.get("BNECK_FASHION_DIR", FASHION_DIR))
+
+
+def _read_idx(path: Path, magic: int, dims: int) -> np.ndarray:
+    """An IDX file (gzip): big-endian magic, then `dims` sizes, then uint8 data."""
+    import gzip
+
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read ({_one_line(exc)}); reinstall dataset-fashion-mnist") from None
+    head = 4 + 4 * dims
+    if len(raw) < head or int.from_bytes(raw[:4], "big") != magic:
+        raise DataError(f"{path}: not an IDX file of the expected kind (magic {magic:#x}); reinstall the package")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(dims))
+    if len(raw) - head != math.prod(shape):
+        raise DataError(f"{path}: {len(raw) - head} data bytes, header says {shape}: file is truncated")
+    return np.frombuffer(raw, np.uint8, offset=head).reshape(shape)
+
+
+def load_fashion_split(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST's own `train` (60,000) or `test` (10,000) split: uint8 (N, 28, 28) images and labels."""
+    root = fashion_dir()
+    images, labels = (root / name for name in FASHION_FILES[split])
+    if not images.is_file() or not labels.is_file():
+        raise DataError(f"builtin:fashion needs Fashion-MNIST in {root} (missing {images.name}): install Debian's "
+                        "package: `sudo apt-get install dataset-fashion-mnist` (or `make fashion`), or set "
+                        "BNECK_FASHION_DIR to a folder with the four IDX .gz files")
+    x, y = _read_idx(images, 0x803, 3), _read_idx(labels, 0x801, 1)
+    if len(x) != len(y) or x.shape[1:] != (28, 28) or (len(y) and int(y.max()) > 9):
+        raise DataError(f"{root}: {split} images {x.shape} and labels {y.shape} do not match Fashion-MNIST's")
+    return x, y.astype(np.int64)
+
+
+def _subset(y: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """A stratified, seeded subset of n indices (per class in proportion; sorted)."""
+    rng = np.random.default_rng([seed, n])
+    classes = np.unique(y)
+    per = np.floor(n * np.bincount(y)[classes] / len(y)).astype(int)
+    per[: n - per.sum()] += 1  # the remainder, one each to the first classes
+    picks = [rng.choice(np.flatnonzero(y == c), k, replace=False) for c, k in zip(classes, per, strict=True)]
+    return np.sort(np.concatenate(picks))
+
+
+def _load_fashion(source: str, limit: int | None, resolution: int, seed: int, val_fraction: float) -> ImageData:
+    """Fashion-MNIST (70k real 28x28 clothing images, 10 classes): train/val from its 60k training images (all,
+    or a stratified seeded subset of `limit`), and its own 10k test split kept apart as x_test/y_test."""
+    x, y = load_fashion_split("train")
+    x_test, y_test = load_fashion_split("test")
+    if limit is not None:
+        keep = _subset(y, limit, seed)
+        x, y = x[keep], y[keep]
+    listing = "|".join(f"{n}:{(fashion_dir() / n).stat().st_size}" for pair in FASHION_FILES.values() for n in pair)
+    fp = _fingerprint("fashion", f"{listing}|limit={limit}", resolution, seed, val_fraction)
+    data = _in_memory(source, fp, FASHION_CLASSES, resolution, _resize(x, resolution), y, seed, val_fraction)
+    return dataclasses.replace(data, x_test=_readonly(_resize(x_test, resolution)), y_test=_readonly(y_test))
 
 
 # ---- .npz -----------------------------------------------------------------------------------------------------------
@@ -449,4 +533,4 @@ def holdout_split(data: ImageData, fraction: float = 0.2, seed: int = 0) -> Imag
     return ImageData(data.source, fingerprint, data.classes, data.resolution,
                      _readonly(np.asarray(data.x_train[train])), _readonly(np.asarray(data.y_train[train])),
                      _readonly(np.asarray(data.x_train[hold])), _readonly(np.asarray(data.y_train[hold])),
-                     data.mean, data.std)
+                     data.mean, data.std, data.x_test, data.y_test)

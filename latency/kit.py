@@ -16,16 +16,21 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from latency.protocol import KIT_FORMAT, Protocol
 from search_space import (
     Arch,
     LayerConfig,
     SearchSpace,
+    SpecError,
     build_layer,
     build_model,
     layer_input_shape,
     onnx_bytes,
+    preset,
 )
+from search_space.surgery import shrink_expand, shrink_group
 
 
 def layer_key(cfg: LayerConfig) -> str:
@@ -126,6 +131,40 @@ def offgrid_anchors(configs: Sequence[LayerConfig]) -> list[LayerConfig]:
             if c not in have:
                 anchors.setdefault(c)
     return list(anchors)
+
+
+WIDTH_MULTS = (0.5, 0.75, 1.25)
+PRESET_OF_SPACE = {"mobilenet_v3_small_space": "mobilenet_v3_small", "mobilenet_v3_large_space": "mobilenet_v3_large"}
+
+
+def offgrid_archs(space: SearchSpace, n_pruned: int, seed: int) -> list[tuple[str, Arch]]:
+    """Width-multiplier variants of the space's preset (when it is one) and randomly pruned nets (1-4 cuts of
+    an expansion or a residual group's width to 40-90%, multiples of 8), as NetAdapt and uniform thinning make:
+    the calibration fits on some, `validate` holds out others (another seed)."""
+    out: list[tuple[str, Arch]] = []
+    base = space.seed
+    name = PRESET_OF_SPACE.get(space.name)
+    if base is not None and name and preset(name, 1.0, base.resolution, base.num_classes) == base:
+        out += [(f"width_mult_{a:g}", preset(name, a, base.resolution, base.num_classes)) for a in WIDTH_MULTS]
+    rng = np.random.default_rng([seed, 17])
+    tries = 0
+    while sum(k == "pruned" for k, _ in out) < n_pruned and tries < 50 * max(1, n_pruned):
+        tries += 1
+        arch = base if base is not None and rng.random() < 0.3 else space.sample(rng)
+        for _ in range(int(rng.integers(1, 5))):  # a few NetAdapt-like cuts of 10-60%
+            i = int(rng.integers(len(arch.blocks)))
+            try:
+                if rng.random() < 0.6:
+                    width = arch.blocks[i].expand
+                    arch = shrink_expand(arch, i, max(8, int(width * rng.uniform(0.4, 0.9)) // 8 * 8))
+                else:
+                    width = arch.blocks[i].out
+                    arch = shrink_group(arch, i, max(8, int(width * rng.uniform(0.4, 0.9)) // 8 * 8))
+            except (SpecError, AttributeError):
+                continue
+        if space.seed is None or arch != space.seed:
+            out.append(("pruned", arch))
+    return out
 
 
 def write_kit(out_dir: str | os.PathLike[str], space: SearchSpace, resolution: int, reference: Arch,

@@ -21,13 +21,10 @@ from typing import Any
 import numpy as np
 
 from latency.build import measure_whole
+from latency.kit import offgrid_archs
 from latency.protocol import Protocol
 from latency.table import LatencyTable
-from search_space import Arch, SearchSpace, SpecError, preset
-from search_space.surgery import shrink_expand, shrink_group
-
-WIDTH_MULTS = (0.5, 0.75, 1.25)
-PRESET_OF_SPACE = {"mobilenet_v3_small_space": "mobilenet_v3_small", "mobilenet_v3_large_space": "mobilenet_v3_large"}
+from search_space import Arch
 
 
 def metrics(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
@@ -51,34 +48,6 @@ def retest(first: np.ndarray, second: np.ndarray) -> dict[str, float]:
     return {"retest_within_5pct": float(np.mean(d <= 0.05)), "retest_within_10pct": float(np.mean(d <= 0.10)),
             "retest_median_abs_pct": float(100 * np.median(d)),
             "retest_kendall_tau": float(kendalltau(first, second).statistic) if len(d) >= 3 else float("nan")}
-
-
-def offgrid_archs(space: SearchSpace, n_pruned: int, seed: int) -> list[tuple[str, Arch]]:
-    """Width-multiplier variants of the space's preset (when it is one) and randomly pruned nets."""
-    out: list[tuple[str, Arch]] = []
-    base = space.seed
-    name = PRESET_OF_SPACE.get(space.name)
-    if base is not None and name and preset(name, 1.0, base.resolution, base.num_classes) == base:
-        out += [(f"width_mult_{a:g}", preset(name, a, base.resolution, base.num_classes)) for a in WIDTH_MULTS]
-    rng = np.random.default_rng([seed, 17])
-    tries = 0
-    while sum(k == "pruned" for k, _ in out) < n_pruned and tries < 50 * max(1, n_pruned):
-        tries += 1
-        arch = base if base is not None and rng.random() < 0.3 else space.sample(rng)
-        for _ in range(int(rng.integers(1, 5))):  # a few NetAdapt-like cuts of 10-60%
-            i = int(rng.integers(len(arch.blocks)))
-            try:
-                if rng.random() < 0.6:
-                    width = arch.blocks[i].expand
-                    arch = shrink_expand(arch, i, max(8, int(width * rng.uniform(0.4, 0.9)) // 8 * 8))
-                else:
-                    width = arch.blocks[i].out
-                    arch = shrink_group(arch, i, max(8, int(width * rng.uniform(0.4, 0.9)) // 8 * 8))
-            except (SpecError, AttributeError):
-                continue
-        if space.seed is None or arch != space.seed:
-            out.append(("pruned", arch))
-    return out
 
 
 def held_out(table: LatencyTable, n: int, seed: int, archs: Sequence[Arch] = (),
