@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from latency.kit import layer_key, offgrid_anchors, offgrid_archs, write_kit
+from latency.kit import CALIBRATION_WIDTH_MULTS, layer_key, offgrid_anchors, offgrid_archs, write_kit
 from latency.protocol import (
     KIT_FORMAT,
     KitError,
@@ -205,7 +205,7 @@ def make_kit(kit: Path, space: SearchSpace, resolution: int, threads: int = 1, a
     n_off = n_calibration // 4  # a quarter off the grid: the table is used on pruned and thinned nets too
     calibration = [space.seed, *[space.sample(rng) for _ in range(n_calibration - n_off)]]
     seen = {a.arch_id for a in calibration}
-    for _, a in offgrid_archs(space, n_off, seed + 1000):
+    for _, a in offgrid_archs(space, n_off, seed + 1000, CALIBRATION_WIDTH_MULTS):
         if len(calibration) <= n_calibration and a.arch_id not in seen:
             calibration.append(a)
             seen.add(a.arch_id)

@@ -133,11 +133,13 @@ def offgrid_anchors(configs: Sequence[LayerConfig]) -> list[LayerConfig]:
     return list(anchors)
 
 
-WIDTH_MULTS = (0.5, 0.75, 1.25)
+WIDTH_MULTS = (0.5, 0.75, 1.25)  # validated (held out)
+CALIBRATION_WIDTH_MULTS = (0.6, 0.85, 1.1)  # calibrated on: other multipliers, so validation's stay held out
 PRESET_OF_SPACE = {"mobilenet_v3_small_space": "mobilenet_v3_small", "mobilenet_v3_large_space": "mobilenet_v3_large"}
 
 
-def offgrid_archs(space: SearchSpace, n_pruned: int, seed: int) -> list[tuple[str, Arch]]:
+def offgrid_archs(space: SearchSpace, n_pruned: int, seed: int,
+                  width_mults: tuple[float, ...] = WIDTH_MULTS) -> list[tuple[str, Arch]]:
     """Width-multiplier variants of the space's preset (when it is one) and randomly pruned nets (1-4 cuts of
     an expansion or a residual group's width to 40-90%, multiples of 8), as NetAdapt and uniform thinning make:
     the calibration fits on some, `validate` holds out others (another seed)."""
@@ -145,7 +147,7 @@ def offgrid_archs(space: SearchSpace, n_pruned: int, seed: int) -> list[tuple[st
     base = space.seed
     name = PRESET_OF_SPACE.get(space.name)
     if base is not None and name and preset(name, 1.0, base.resolution, base.num_classes) == base:
-        out += [(f"width_mult_{a:g}", preset(name, a, base.resolution, base.num_classes)) for a in WIDTH_MULTS]
+        out += [(f"width_mult_{a:g}", preset(name, a, base.resolution, base.num_classes)) for a in width_mults]
     rng = np.random.default_rng([seed, 17])
     tries = 0
     while sum(k == "pruned" for k, _ in out) < n_pruned and tries < 50 * max(1, n_pruned):
