@@ -1,10 +1,11 @@
 """Latency lookup tables: one measured row per distinct layer configuration, plus what makes sums honest.
 
-Prediction for an architecture = calibration(Σ layer latencies). Layers timed alone run with hot caches,
-so the plain sum underestimates a whole network; the calibration (`whole ≈ a·Σ + b·layers`), fitted on
-whole networks measured in the same kit, corrects that. Every row is normalized to the reference network
-timed throughout the build, so host drift during the build cancels out; the reference latency is stored,
-so later measurements can be rescaled to the table's state of the host (`validate`).
+Prediction for an architecture = calibration(layer sums). Layers timed alone run with hot caches and pay a
+per-graph overhead, so the plain sum misestimates a whole network; the calibration, fitted on whole networks
+measured in the same kit, corrects that (`fit_calibration`). Rows are the protocol's estimate (median over
+passes of the ratio to the layer reference timed next to them, `row_latencies`), so host drift during the build
+cancels out; the whole-net reference's latency is stored, so later measurements are expressed in the table's
+host state (`validate`, `latency measure --table`).
 """
 
 from __future__ import annotations
