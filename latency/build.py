@@ -24,6 +24,7 @@ from latency.protocol import (
     KIT_FORMAT,
     KitError,
     Protocol,
+    estimate,
     fingerprint,
     kit_lock,
     measured_keys,
@@ -79,16 +80,17 @@ def measure_whole(archs: Sequence[Arch], reference: Arch, threads: int = 1, prov
 
     def record(rnd: int, i: int, t: float, r: float) -> None:
         pairs[i].append((t, r))
-        if progress is not None:
-            progress(sum(map(len, pairs)), total)
+        if progress is not None:  # a noisy stretch adds rounds beyond the planned total
+            done = sum(map(len, pairs))
+            progress(min(done, total), max(total, done))
 
     time_interleaved(sessions, ref, n_rounds, p, seed=seed, on_timing=record)
     ref_us = float(np.median([r for per in pairs for _, r in per]))
     out = []
     for per in pairs:
-        ratios = np.array([t / r for t, r in per])
-        p10, med, p90 = np.percentile(ratios, [10, 50, 90])
-        out.append(WholeNetTiming(float(med), ref_us, len(per), float((p90 - p10) / med)))
+        ratio = estimate([t for t, _ in per], [r for _, r in per], 1.0)
+        p10, p90 = np.percentile([t / r for t, r in per], [10, 90])
+        out.append(WholeNetTiming(ratio, ref_us, len(per), float((p90 - p10) / ratio)))
     return out
 
 

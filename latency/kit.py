@@ -90,7 +90,8 @@ def offgrid_anchors(configs: Sequence[LayerConfig]) -> list[LayerConfig]:
     56 px bneck with an 8-wide input came out 40-57% low and a 112 px one at 0 µs (measured). Per family (same
     input size, stride, kernel, SE, NL and structure) its median row is scaled by 0.25 and 0.5: all widths, the
     bottleneck only (a pruned residual group), the expansion only (a pruned expansion). Stems get every
-    multiple of 8 below their width, heads a grid of input x conv widths down to half. About 17% more rows.
+    multiple of 8 below their width, heads a grid of input x conv widths down to half: 37% more rows for the
+    small space (1,046 on 2,812), 31% for the large.
     """
     have = set(configs)
     anchors: dict[LayerConfig, None] = {}

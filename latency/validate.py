@@ -108,7 +108,7 @@ def validate(table: LatencyTable, n: int = 50, seed: int = 1, rounds: int | None
     uncorrected = np.array([table.block_sum_us(a) for a in nets])
     kinds = [k for k, _ in chosen]
     h = len(chosen)  # the held-out nets come first; the seed, when there is one, is last
-    offgrid = np.array([k in ("pruned",) or k.startswith("width_mult") for k in kinds])
+    offgrid = np.array([k == "pruned" or k.startswith("width_mult") for k in kinds])
     result: dict[str, Any] = {**metrics(predicted[:h], measured[:h]),
                               "uncorrected": metrics(uncorrected[:h], measured[:h]),
                               "offgrid": metrics(predicted[:h][offgrid], measured[:h][offgrid]) if offgrid.any()
