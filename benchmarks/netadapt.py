@@ -88,7 +88,7 @@ def main() -> None:
     pruned = (Path(args.run_dir) / "iterations" / f"{summary['iterations']:03d}")
     pruned_weights = (pruned / "weights.pt").read_bytes()
     settings = summary["settings"]
-    long_recipe = {"epochs": LONG_EPOCHS, "lr": settings["long_lr"], "warmup_epochs": 0.0,
+    long_recipe = {"epochs": LONG_EPOCHS, "lr": settings["long_lr"], "warmup_fraction": 0.0,
                    "batch_size": settings["batch_size"], "threads": 2}
     after = [summary["top1_after"]]
     for s in range(1, args.seeds):  # the long-term fine-tune with more seeds (seed 0 is NetAdapt's own)

@@ -7,7 +7,7 @@ cache off). Threads per worker = cores / workers, so each leg uses the whole mac
 real head node inside a loopback-only network namespace (`unshare -n`), as the tests do; without it they are
 skipped. Wall time covers the whole `bneck search` command (worker start-up included), and, separately, the
 driver's own time from the first trial's start to the last trial's end.
-Usage: python benchmarks/scaling.py [--trials 8] [--epochs 1] [--rounds 1] [--out FILE]
+Usage: python benchmarks/scaling.py [--trials 8] [--steps 23] [--rounds 1] [--out FILE]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ PORT = "6392"
 
 def leg(backend: str, workers: int, args: argparse.Namespace, root: Path, tag: str) -> dict:
     cores = os.cpu_count() or 1
-    cfg = {"name": f"scaling-{backend}{workers}", "trials": args.trials, "epochs": args.epochs, "searcher": "random",
+    cfg = {"name": f"scaling-{backend}{workers}", "trials": args.trials, "steps": args.steps, "searcher": "random",
            "enqueue_preset": False, "eval_cache": False, "progress": False, "keep_weights": 0, "seed": 0,
            "workers": workers, "threads": max(1, cores // workers), "backend": backend}
     if args.table:
@@ -88,7 +88,7 @@ def inside_namespace(args: argparse.Namespace) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=8)
-    ap.add_argument("--epochs", type=float, default=1.0)
+    ap.add_argument("--steps", type=int, default=23, help="proxy steps per trial (23 = one digits epoch)")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--table", default=None, help="latency table (default: this device's cached 224 px table)")
     ap.add_argument("--no-ray", action="store_true")
@@ -113,7 +113,7 @@ def main() -> None:
             continue
         leg_out = root / f"ray-r{r}.json"
         cmd = ["unshare", "-n", sys.executable, __file__, "--ray-legs", "--root", str(root), "--round", str(r),
-               "--leg-out", str(leg_out), "--trials", str(args.trials), "--epochs", str(args.epochs)]
+               "--leg-out", str(leg_out), "--trials", str(args.trials), "--steps", str(args.steps)]
         if args.table:
             cmd += ["--table", args.table]
         res = subprocess.run(cmd, capture_output=True, text=True)
@@ -134,7 +134,7 @@ def main() -> None:
                     "trials_per_hour_search_median": statistics.median(x["trials_per_hour_search"] for x in mine),
                     "median_trial_s": statistics.median(x["median_trial_s"] for x in mine)}
     same_work = len({tuple(x["archs"]) for x in legs}) == 1
-    result = {"trials": args.trials, "epochs": args.epochs, "rounds": args.rounds, "cores": os.cpu_count(),
+    result = {"trials": args.trials, "steps": args.steps, "rounds": args.rounds, "cores": os.cpu_count(),
               "same_architectures_in_every_leg": same_work, "summary": summary, "ray_skipped": ray_skip,
               "legs": [{k: v for k, v in x.items() if k != "archs"} for x in legs]}
     for key in ("local", "ray"):

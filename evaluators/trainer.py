@@ -7,10 +7,12 @@ ends as a failed `Result` instead of an exception; results are cached on disk by
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import torch
 from torch import nn
 
 from search_space import Arch, build_model, count
+from search_space.paths import atomic_write
 from search_space.progress import progress_bar
 
 OPTIMIZERS = ("sgd", "rmsprop")
@@ -29,29 +32,48 @@ class RecipeError(ValueError):
     """A training recipe field is out of range; the message names it."""
 
 
+DEFAULT_STEPS = 300  # the proxy budget when neither steps nor epochs is given (benchmarks/proxy_fidelity.py)
+
+
 @dataclass(frozen=True)
 class Recipe:
-    """Everything that determines a proxy training run besides the architecture, data and seed."""
+    """Everything that determines a proxy training run besides the architecture, data and seed.
 
-    epochs: float = 10.0
+    The budget is counted in optimizer steps, not epochs, so that it means the same on a 1,000-image folder and
+    on a 60,000-image set: `steps` (default DEFAULT_STEPS), or `epochs` (passes over the training split, never
+    fewer than `min_steps` steps: 3 epochs of a 1,200-image folder are 57 steps, which left V3-Small at chance).
+    Warm-up is a fraction of the budget, then cosine decay to zero; `max_steps` caps either budget.
+    """
+
+    steps: int | None = None
+    epochs: float | None = None
+    min_steps: int = 100  # floor of an epoch budget
     batch_size: int = 64
     optimizer: str = "sgd"
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 4e-5  # not applied to depthwise convs, BN or biases
-    warmup_epochs: float = 1.0
+    warmup_fraction: float = 0.05  # linear warm-up over this share of the steps
     label_smoothing: float = 0.1
     bn_momentum: float = 0.1  # proxy runs are short: BN statistics must settle in a few hundred steps
     augment_crop: bool = False  # random-resized-crop (scale 0.6-1); off by default for digit-like data
     augment_flip: bool = False
-    max_steps: int | None = None  # stop early after this many optimizer steps (None: run all epochs)
+    max_steps: int | None = None  # cap on the steps of either budget (None: no cap)
     threads: int = 2  # part of the recipe hash: reductions differ with the thread count
 
     def __post_init__(self) -> None:
-        checks = [("epochs", self.epochs > 0), ("batch_size", self.batch_size >= 1),
+        if self.steps is not None and self.epochs is not None:
+            raise RecipeError(f"recipe: give steps or epochs, not both (steps={self.steps}, epochs={self.epochs})")
+        if self.steps is None and self.epochs is None:
+            object.__setattr__(self, "steps", DEFAULT_STEPS)  # so Recipe() and Recipe(steps=300) hash alike
+        checks = [("steps", self.steps is None or (_is_int(self.steps) and self.steps >= 1)),
+                  ("epochs", self.epochs is None or self.epochs > 0),
+                  ("min_steps", _is_int(self.min_steps) and self.min_steps >= 1),
+                  ("batch_size", self.batch_size >= 1),
                   ("optimizer", self.optimizer in OPTIMIZERS), ("lr", self.lr > 0),
                   ("momentum", 0 <= self.momentum < 1), ("weight_decay", self.weight_decay >= 0),
-                  ("warmup_epochs", self.warmup_epochs >= 0), ("label_smoothing", 0 <= self.label_smoothing < 1),
+                  ("warmup_fraction", 0 <= self.warmup_fraction < 1),
+                  ("label_smoothing", 0 <= self.label_smoothing < 1),
                   ("bn_momentum", 0 < self.bn_momentum <= 1), ("threads", self.threads >= 1),
                   ("max_steps", self.max_steps is None or self.max_steps >= 1)]
         for name, ok in checks:
@@ -59,9 +81,29 @@ class Recipe:
                 allowed = f" (allowed: {', '.join(OPTIMIZERS)})" if name == "optimizer" else ""
                 raise RecipeError(f"recipe field {name}={getattr(self, name)!r} is out of range{allowed}")
 
+    def total_steps(self, n_train: int) -> int:
+        """Optimizer steps of a run on `n_train` training images."""
+        if self.steps is not None:
+            total = self.steps
+        else:
+            assert self.epochs is not None
+            total = max(self.min_steps, round(self.epochs * max(1, math.ceil(n_train / self.batch_size))))
+        return total if self.max_steps is None else min(total, self.max_steps)
+
+    def warmup_steps(self, total: int) -> int:
+        return round(self.warmup_fraction * total)
+
+    def budget(self) -> str:
+        """The budget as a user would write it: '300 steps' or '3 epochs'."""
+        return f"{self.steps} steps" if self.steps is not None else f"{self.epochs:g} epochs"
+
     @property
     def recipe_hash(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass
@@ -157,13 +199,11 @@ class ProxyTrainer:
         result, model = self._train(arch, data, seed)
         if paths is not None:
             paths[0].parent.mkdir(parents=True, exist_ok=True)
-            tmp = paths[0].with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(result.to_dict()))
-            os.replace(tmp, paths[0])
-            if return_model and not result.failed:
-                tmp_pt = paths[1].with_suffix(".pt.tmp")
-                torch.save(model.state_dict(), tmp_pt)
-                os.replace(tmp_pt, paths[1])
+            if return_model and not result.failed:  # weights first: a result file promises them when asked for
+                buf = io.BytesIO()
+                torch.save(model.state_dict(), buf)
+                atomic_write(paths[1], buf.getvalue(), fsync=False)  # a cache: losing it costs a re-train
+            atomic_write(paths[0], json.dumps(result.to_dict()), fsync=False)
         if return_model:
             result.model = model  # type: ignore[attr-defined]
         return result
@@ -185,11 +225,32 @@ class ProxyTrainer:
         finally:
             torch.set_num_threads(prev_threads)
 
-    def _tensors(self, x: np.ndarray, data: Any) -> torch.Tensor:
+    def images(self, x: np.ndarray, data: Any) -> torch.Tensor:
+        """uint8 NHWC images (a slice of a split, or a whole small one) as the normalized float NCHW batch the
+        models take, on this trainer's device. Splits are converted batch by batch, never whole: a 100k-image
+        folder stays on disk (memory-mapped) and peak memory does not grow with the dataset."""
         mean = torch.tensor(data.mean, dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.tensor(data.std, dtype=torch.float32).view(1, 3, 1, 1)
         t = torch.from_numpy(np.array(x, dtype=np.uint8)).permute(0, 3, 1, 2).float().div_(255.0)  # copy: read-only
         return ((t - mean) / std).to(self.device)
+
+    def score(self, model: nn.Module, data: Any, split: str = "val") -> tuple[float, float]:
+        """(top-1, mean cross-entropy) of `model` on a split of `data` ("val" or "test"), streamed in batches."""
+        x, y = (data.x_val, data.y_val) if split == "val" else (data.x_test, data.y_test)
+        if x is None or y is None:
+            raise RecipeError(f"data {data.source} has no {split} split")
+        prev = torch.get_num_threads()
+        torch.set_num_threads(self.recipe.threads)
+        try:
+            return _score(model.to(self.device), self._batches(x, y, data, self.recipe.batch_size * 4))
+        finally:
+            torch.set_num_threads(prev)
+
+    def _batches(self, x: np.ndarray, y: np.ndarray, data: Any,
+                 size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for i in range(0, len(y), size):
+            labels = torch.from_numpy(np.array(y[i:i + size], dtype=np.int64))
+            yield self.images(x[i:i + size], data), labels.to(self.device)
 
     def _run(self, arch: Arch, data: Any, seed: int, n_params: int, n_madds: int,
              model: nn.Module | None = None) -> tuple[Result, nn.Module]:
@@ -201,16 +262,11 @@ class ProxyTrainer:
             if isinstance(m, nn.BatchNorm2d):
                 m.momentum = r.bn_momentum
         model.to(self.device)
-        x_train = self._tensors(data.x_train, data)
-        y_train = torch.from_numpy(np.array(data.y_train, dtype=np.int64)).to(self.device)
-        x_val = self._tensors(data.x_val, data)
-        y_val = torch.from_numpy(np.array(data.y_val, dtype=np.int64)).to(self.device)
+        y_train = np.asarray(data.y_train, dtype=np.int64)
         n = len(y_train)
         steps_per_epoch = max(1, math.ceil(n / r.batch_size))
-        total_steps = max(1, round(r.epochs * steps_per_epoch))
-        if r.max_steps is not None:
-            total_steps = min(total_steps, r.max_steps)
-        warmup = round(r.warmup_epochs * steps_per_epoch)
+        total_steps = r.total_steps(n)
+        warmup = r.warmup_steps(total_steps)
         groups = _param_groups(model, r.weight_decay)
         if r.optimizer == "sgd":
             opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=r.lr, momentum=r.momentum, nesterov=True)
@@ -236,16 +292,17 @@ class ProxyTrainer:
                 if prog is not None else None
             while step < total_steps and failed_reason is None:
                 model.train()
-                order = torch.randperm(n, generator=gen).to(self.device)
+                order = torch.randperm(n, generator=gen)
                 running, seen = 0.0, 0
                 for b in range(steps_per_epoch):
                     if step >= total_steps:
                         break
-                    idx = order[b * r.batch_size:(b + 1) * r.batch_size]
-                    xb = _augment(x_train[idx], r, gen)
+                    idx = np.sort(order[b * r.batch_size:(b + 1) * r.batch_size].numpy())  # sorted: memmap reads
+                    xb = _augment(self.images(data.x_train[idx], data), r, gen)
+                    yb = torch.from_numpy(y_train[idx]).to(self.device)
                     for g in opt.param_groups:
                         g["lr"] = lr_at(step)
-                    loss = criterion(model(xb), y_train[idx])
+                    loss = criterion(model(xb), yb)
                     if not torch.isfinite(loss):
                         failed_reason = f"loss diverged ({loss.item()}) at step {step}"
                         break
@@ -266,7 +323,7 @@ class ProxyTrainer:
         if failed_reason is not None:
             return Result(arch.arch_id, 0.0, math.inf, train_loss, train_s, epochs_done, step, n_params, n_madds,
                           failed=True, reason=failed_reason, history=history), model
-        top1, val_loss = evaluate_accuracy(model, x_val, y_val, r.batch_size * 4)
+        top1, val_loss = _score(model, self._batches(data.x_val, data.y_val, data, r.batch_size * 4))
         if not math.isfinite(val_loss):
             return Result(arch.arch_id, 0.0, math.inf, train_loss, train_s, epochs_done, step, n_params, n_madds,
                           failed=True, reason="validation loss is not finite", history=history), model
@@ -274,16 +331,21 @@ class ProxyTrainer:
                       history=history), model
 
 
-@torch.no_grad()
 def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> tuple[float, float]:
-    """(top-1, mean cross-entropy) of `model` in eval mode."""
+    """(top-1, mean cross-entropy) of `model` in eval mode on prepared tensors."""
+    return _score(model, ((x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(y), batch_size)))
+
+
+@torch.no_grad()
+def _score(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
     model.eval()
-    correct, loss_sum = 0, 0.0
-    for i in range(0, len(y), batch_size):
-        logits = model(x[i:i + batch_size])
-        loss_sum += nn.functional.cross_entropy(logits, y[i:i + batch_size], reduction="sum").item()
-        correct += int((logits.argmax(1) == y[i:i + batch_size]).sum())
-    return correct / max(1, len(y)), loss_sum / max(1, len(y))
+    correct, loss_sum, n = 0, 0.0, 0
+    for xb, yb in batches:
+        logits = model(xb)
+        loss_sum += nn.functional.cross_entropy(logits, yb, reduction="sum").item()
+        correct += int((logits.argmax(1) == yb).sum())
+        n += len(yb)
+    return correct / max(1, n), loss_sum / max(1, n)
 
 
 class _NoProgress:
@@ -299,5 +361,10 @@ def _progress(enabled: bool, total: int) -> Any:
 
 
 def with_overrides(recipe: Recipe, **changes: Any) -> Recipe:
-    """A copy of `recipe` with non-None fields changed (CLI flags)."""
-    return replace(recipe, **{k: v for k, v in changes.items() if v is not None})
+    """A copy of `recipe` with non-None fields changed (CLI flags); a new budget replaces the old one."""
+    given = {k: v for k, v in changes.items() if v is not None}
+    if "epochs" in given and "steps" not in given:
+        given["steps"] = None
+    if "steps" in given and "epochs" not in given:
+        given["epochs"] = None
+    return replace(recipe, **given)

@@ -260,7 +260,7 @@ def read_manifest(kit: Path) -> dict[str, Any]:
             raise KitError(f"{path}: kit format {manifest.get('format')!r}, this version reads {KIT_FORMAT!r}: "
                            "write the kit again with this version of bneck")
         manifest["entries"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         if isinstance(exc, KitError):
             raise
         raise KitError(f"{path} is missing or damaged ({type(exc).__name__}): write the kit again") from None

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from latency.kit import layer_key
-from latency.protocol import PROTOCOL_NAME, STATISTIC, KitError, Protocol, estimate, fingerprint
+from latency.protocol import PROTOCOL_NAME, STATISTIC, KitError, Protocol, estimate, fingerprint, read_manifest
 from search_space import Arch, Bneck, LayerConfig, SearchSpace, layer_cost, params
 
 TABLE_FORMAT = "bneck-latency-table/2"
@@ -118,6 +118,7 @@ class LatencyTable:
         self.entries = entries
         self.meta = meta
         self._us = dict(zip(entries["key"], entries["median_us"].astype(float), strict=True))
+        self._measured = frozenset(self._us)  # _us also caches interpolated layers
         # the scalar hot path looks layers up by a plain tuple (no LayerConfig, no key string)
         cols = ["kind", "size", "cin", "expand", "out", "kernel", "stride", "se", "act", "median_us"]
         self._us_by_tuple = {(kind, int(size), int(cin), int(e), int(out), int(k), int(s), bool(se), act): float(us)
@@ -311,6 +312,36 @@ class LatencyTable:
             raise LatencyError(self._missing_message(missing))
         return math.fsum(values)
 
+    def extrapolation(self, arch: Arch, tolerance: float = 0.25) -> list[str]:
+        """Where `arch` lies outside what the table measured, one line per layer: a width more than `tolerance`
+        beyond the widest (or narrower than the narrowest) row of its family, or a family with no rows. Inside
+        the grid a prediction is interpolated between measured rows; outside it is a guess whose error grows
+        with the distance, so `latency predict` warns with these lines. Empty when every layer is inside."""
+        e = self.entries
+        lines = []
+        for i, cfg in enumerate(arch.layers()):
+            if layer_key(cfg) in self._measured:
+                continue
+            fam = e[(e["kind"] == cfg.kind) & (e["size"] == cfg.size) & (e["stride"] == cfg.stride)
+                    & (e["act"] == cfg.act)]
+            if cfg.kind in ("bneck", "ds"):
+                fam = fam[(fam["kernel"] == cfg.kernel) & (fam["se"] == cfg.se)]
+            where = f"layer {i} ({cfg.kind} {cfg.size} px, k{cfg.kernel}, stride {cfg.stride})"
+            if not len(fam):
+                lines.append(f"{where}: no measured layer of this kind, size, kernel and stride")
+                continue
+            axes = {"input width": ("cin", cfg.cin), "expansion width" if cfg.kind == "bneck" else "conv width":
+                    ("expand", cfg.expand), "output width": ("out", cfg.out)}
+            for name, (col, value) in axes.items():
+                measured = fam[col].to_numpy(dtype=float)
+                lo, hi = float(measured.min()), float(measured.max())
+                if value > hi * (1 + tolerance):
+                    lines.append(f"{where}: {name} {value} is {value / max(hi, 1.0):.1f}x the widest measured ({hi:g})")
+                elif hi > 0 and value < lo / (1 + tolerance):
+                    lines.append(f"{where}: {name} {value} is {lo / max(value, 1):.1f}x narrower than the narrowest "
+                                 f"measured ({lo:g})")
+        return lines
+
     def calibrate(self, values: dict[str, Any]) -> Any:
         """Whole-network latency from the layer sums and the calibration's other features (`FEATURES`)."""
         c = self.calibration
@@ -450,7 +481,18 @@ class LatencyTable:
         man_path = kit / "manifest.json"
         if not man_path.is_file():
             raise LatencyError(f"{kit} has no manifest.json (not a bneck latency kit)")
-        manifest = json.loads(man_path.read_text())
+        try:
+            manifest = read_manifest(kit)
+            by_key = {e["key"]: e for e in manifest["entries"]}
+            # every field read below, so that a damaged manifest is one line here, not a traceback later
+            for name in ("space", "space_info", "resolution", "threads"):
+                manifest[name]
+            by_key["reference"]["arch"], by_key["layer_reference"]["config"]
+            all(e["kind"] and (e["kind"] != "layer" or e["config"]) for e in by_key.values())
+        except KitError as exc:
+            raise LatencyError(str(exc)) from None
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise LatencyError(f"{man_path} is damaged (no {exc}): write the kit again") from None
         res = Path(results_csv) if results_csv else kit / "results.csv"
         if not res.is_file():
             raise LatencyError(f"results file {str(res)!r} does not exist: run the kit's measure.py first")
@@ -468,7 +510,6 @@ class LatencyTable:
                                f"{PROTOCOL_NAME} ({type(exc).__name__}: {exc})") from None
         device_path = res.with_suffix(".device.json")
         device = json.loads(device_path.read_text()) if device_path.is_file() else {}
-        by_key = {e["key"]: e for e in manifest["entries"]}
         passes: dict[str, set[int]] = {}
         for r in rows:
             passes.setdefault(r["key"], set()).add(int(r["pass"]))

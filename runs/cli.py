@@ -219,10 +219,10 @@ def export_cmd(spec_or_preset: str, fmt: str, out: Path | None, trial: int | Non
             raise ss.SpecError("--weights has no meaning for --format timm (the definition holds no weights)")
         with _err.status(f"exporting {fmt} ..."):
             info = ss.export_timm(arch, out) if fmt == "timm" else ss.export_arch(arch, out, fmt, weights)
-    except ss.SpecError as exc:
+    except (ss.SpecError, ss.ExportError) as exc:
         raise _fail(exc) from None
-    except ss.ExportError as exc:
-        raise click.ClickException(str(exc)) from None
+    except OSError as exc:  # an unwritable --out: name the file, keep nothing half-written (atomic writes)
+        raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
     if as_json:
         click.echo(json.dumps(info))
     else:

@@ -6,7 +6,6 @@ the run dir's `config.yaml`, so `--resume DIR` continues exactly the search that
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 import search_space as ss
 from evaluators import Recipe, RecipeError
+from evaluators.trainer import DEFAULT_STEPS
+from search_space.host import usable_cpus
 from searchers import OPTIONS, PARETO_STRATEGIES, PRESETS, STRATEGIES
 
 
@@ -38,7 +39,9 @@ class RunConfig(BaseModel):
     width_mult: float = Field(1.0, gt=0, le=4)
     data: str = Field("builtin:digits", description="builtin:digits, an image folder or a .npz")
     resolution: int = Field(32, ge=32, le=1024, description="proxy-training resolution (px)")
-    epochs: float = Field(3.0, gt=0, description="proxy-training epochs per candidate")
+    steps: int | None = Field(None, ge=1, description="proxy-training optimizer steps per candidate "
+                              f"(default {DEFAULT_STEPS} when epochs is not given either)")
+    epochs: float | None = Field(None, gt=0, description="proxy-training budget in epochs instead of steps")
     recipe: dict[str, Any] = Field(default_factory=dict, description="other training-recipe fields")
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
     eval_cache: bool = Field(True, description="reuse cached evaluations (~/.cache/bneck/evals)")
@@ -116,18 +119,20 @@ class RunConfig(BaseModel):
 
     def training_recipe(self) -> Recipe:
         """The proxy-training recipe of every candidate (threads per worker filled in)."""
-        unknown = sorted(set(self.recipe) - set(Recipe.__dataclass_fields__) - {"epochs", "threads"})
+        own = {"steps", "epochs", "threads"}  # top-level keys of the config
+        unknown = sorted(set(self.recipe) - set(Recipe.__dataclass_fields__) | (set(self.recipe) & own))
         if unknown:
-            raise RecipeError(f"unknown field {unknown[0]!r} (known: {', '.join(Recipe.__dataclass_fields__)})")
-        extra = {k: v for k, v in self.recipe.items() if k not in ("epochs", "threads")}
-        return Recipe(**{**extra, "epochs": self.epochs, "threads": self.worker_threads()})
+            known = ", ".join(sorted(set(Recipe.__dataclass_fields__) - own))
+            where = " (it is a top-level key)" if unknown[0] in own else ""
+            raise RecipeError(f"unknown field {unknown[0]!r}{where} (known: {known})")
+        return Recipe(**{**self.recipe, "steps": self.steps, "epochs": self.epochs, "threads": self.worker_threads()})
 
     def worker_threads(self) -> int:
         if self.threads is not None:
             return self.threads
         if self.backend == "ray":
             return 1
-        return max(1, (os.cpu_count() or 1) // self.workers)
+        return max(1, usable_cpus() // self.workers)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

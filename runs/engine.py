@@ -119,7 +119,10 @@ def make_setup(config: RunConfig, show_progress: bool = True) -> Setup:
 
 def resolved(config: RunConfig, setup: Setup) -> RunConfig:
     """The config as saved in the run dir: the defaults that depend on this machine are made explicit."""
-    return config.model_copy(update={"table": setup.table_path.resolve(), "target_ms": setup.target_ms})
+    update: dict[str, Any] = {"table": setup.table_path.resolve(), "target_ms": setup.target_ms}
+    if config.steps is None and config.epochs is None:  # a resumed run keeps its budget if the default changes
+        update["steps"] = config.training_recipe().steps
+    return config.model_copy(update=update)
 
 
 def open_study(setup: Setup, run: RunDir) -> optuna.Study:

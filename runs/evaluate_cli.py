@@ -9,7 +9,7 @@ import click
 
 import search_space as ss
 from evaluators import PROXIES, DataError, ProxyTrainer, Recipe, RecipeError, load_data, proxy_score
-from evaluators.trainer import with_overrides
+from evaluators.trainer import DEFAULT_STEPS, with_overrides
 from runs.errors import UserError, console_err, console_out
 from search_space.paths import cache_dir
 
@@ -19,7 +19,8 @@ from search_space.paths import cache_dir
 @click.option("--data", "data_spec", default="builtin:digits", show_default=True,
               help="builtin:digits, an image folder PATH/<class>/*.png, or a .npz with x and y.")
 @click.option("--resolution", type=int, default=32, show_default=True, help="Training resolution (px).")
-@click.option("--epochs", type=float, default=None, help=f"Training epochs [default: {Recipe().epochs:g}].")
+@click.option("--steps", type=int, default=None, help=f"Training budget in optimizer steps [default: {DEFAULT_STEPS}].")
+@click.option("--epochs", type=float, default=None, help="Training budget in epochs instead of steps.")
 @click.option("--batch-size", type=int, default=None)
 @click.option("--lr", type=float, default=None)
 @click.option("--optimizer", type=click.Choice(["sgd", "rmsprop"]), default=None)
@@ -31,12 +32,13 @@ from search_space.paths import cache_dir
 @click.option("--save-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the trained state dict here (loadable with `bneck export --weights`).")
 @click.option("--json", "as_json", is_flag=True)
-def evaluate_cmd(spec_or_preset: str, data_spec: str, resolution: int, epochs: float | None, batch_size: int | None,
+def evaluate_cmd(spec_or_preset: str, data_spec: str, resolution: int, steps: int | None, epochs: float | None,
+                 batch_size: int | None,
                  lr: float | None, optimizer: str | None, threads: int | None, device: str, proxy: str | None,
                  seed: int, no_cache: bool, save_weights: Path | None, as_json: bool) -> None:
     """Train SPEC_OR_PRESET briefly on real images and report validation top-1 (or a zero-cost score)."""
     try:
-        recipe = with_overrides(Recipe(), epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+        recipe = with_overrides(Recipe(), steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
                                 threads=threads)
         with console_err.status(f"loading {data_spec} ..."):
             data = load_data(data_spec, resolution=resolution, seed=seed, progress=False)
@@ -67,5 +69,6 @@ def evaluate_cmd(spec_or_preset: str, data_spec: str, resolution: int, epochs: f
     else:
         cached = " (cached)" if result["cached"] else ""
         console_out.print(f"{arch.arch_id}: top-1 {100 * result['top1']:.2f}% on {data.source} val "
-                          f"({len(data.y_val)} images), loss {result['loss']:.3f}, {result['epochs']:.3g} epochs in "
+                          f"({len(data.y_val)} images), loss {result['loss']:.3f}, {result['steps']} steps "
+                          f"({result['epochs']:.3g} epochs) in "
                           f"{result['train_s']:.1f} s{cached}")

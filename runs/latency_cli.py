@@ -168,8 +168,13 @@ def predict_cmd(table_path: Path, specs: tuple[str, ...], as_json: bool) -> None
             ms = table.predict_ms(arch)
         except lat.LatencyError as exc:
             raise UserError(f"{text}: {exc}") from None
+        outside = table.extrapolation(arch)
         rows.append({"spec": text, "arch_id": arch.arch_id, "predicted_ms": ms,
-                     "block_sum_ms": table.block_sum_us(arch) / 1e3})
+                     "block_sum_ms": table.block_sum_us(arch) / 1e3, "extrapolated": outside})
+        if outside:  # stderr, so that --json output stays one document
+            more = f" and {len(outside) - 3} more" if len(outside) > 3 else ""
+            console_err.print(f"warning: {text[:60]}: outside the measured grid, the prediction is extrapolated: "
+                              + "; ".join(outside[:3]) + more, highlight=False, soft_wrap=True)
     if as_json:
         click.echo(json.dumps(rows if len(rows) > 1 else rows[0]))
         return

@@ -23,6 +23,7 @@ import click
 import search_space as ss
 from runs.errors import UserError, console_err, console_out
 from runs.executors import ExecutorError, WorkerLost, make_executor, stop_on_signals
+from search_space.host import usable_cpus
 
 RETRIES = 2  # a job whose worker died is re-submitted this many times
 
@@ -105,7 +106,6 @@ def executor_evaluate(executor: Any, progress: Any = None) -> Any:
 def run_netadapt(start: Start, table_path: Path, out: Path, settings_kw: dict[str, Any], workers: int,
                  threads: int | None, backend: str, address: str | None, show_progress: bool = True) -> dict[str, Any]:
     """Load the table, run (or resume) NetAdapt in `out`, export the result to ONNX; returns the summary."""
-    import os
 
     import latency as lat
     from search_space.progress import progress_bar
@@ -117,7 +117,7 @@ def run_netadapt(start: Start, table_path: Path, out: Path, settings_kw: dict[st
     def latency(arch: ss.Arch) -> float:
         return table.predict_ms(arch.replace(resolution=table.resolution, num_classes=num_classes))
 
-    threads = threads or max(1, (os.cpu_count() or 1) // workers)
+    threads = threads or max(1, usable_cpus() // workers)
     settings = NetAdaptSettings(**{**settings_kw, "data": start.data, "resolution": start.resolution,
                                    "seed": start.seed, "device": start.device, "threads": threads})
     identity = {"table": str(Path(table_path).resolve()), "start_weights_bytes": len(start.weights)}

@@ -14,6 +14,7 @@ import pandas as pd
 import yaml
 
 import search_space as ss
+from evaluators.trainer import DEFAULT_STEPS
 from runs.rundir import RunDir, RunError, atomic_write, best_row, pareto_rows, plain_value
 
 
@@ -110,7 +111,7 @@ def write_report(run: RunDir) -> tuple[Path, Path]:
     ctx = {
         "space": str(info.get("space", cfg.get("space", "?"))), "searcher": str(cfg.get("searcher", "?")),
         "data": str(info.get("data", cfg.get("data", "?"))), "target": info.get("target_ms", cfg.get("target_ms")),
-        "resolution": info.get("resolution", cfg.get("resolution")), "epochs": cfg.get("epochs"),
+        "resolution": info.get("resolution", cfg.get("resolution")), "budget": _budget(cfg),
         "latency_resolution": info.get("latency_resolution", cfg.get("latency_resolution")),
     }
     front = pareto_rows(frame)
@@ -155,7 +156,7 @@ def _plot(path: Path, frame: pd.DataFrame, done: pd.DataFrame, front: pd.DataFra
             ax.scatter([best["latency_ms"]], [100 * best["accuracy"]], s=200, facecolors="none", edgecolors="black",
                        lw=2, zorder=6, label=f"best: trial {int(best['trial'])}, {100 * best['accuracy']:.2f}% @ "
                                             f"{best['latency_ms']:.3g} ms")
-        epochs = f" after {ctx['epochs']:g} epochs" if isinstance(ctx["epochs"], int | float) else ""
+        epochs = f" after {ctx['budget']}" if ctx["budget"] != "?" else ""
         ax.set_xlabel(f"predicted latency (ms) @ {ctx['latency_resolution']} px")
         ax.set_ylabel(f"top-1 (%){epochs} @ {ctx['resolution']} px")
         ax.set_title(f"{space_name(ctx['space'])} · {ctx['searcher']} · {len(frame)} trials · {ctx['data']}",
@@ -168,6 +169,15 @@ def _plot(path: Path, frame: pd.DataFrame, done: pd.DataFrame, front: pd.DataFra
         os.replace(tmp, path)
     finally:
         plt.close(fig)
+
+
+def _budget(cfg: dict[str, Any]) -> str:
+    """The proxy budget of a saved config: '300 steps' or '3 epochs' (older runs have epochs only)."""
+    if isinstance(cfg.get("steps"), int):
+        return f"{cfg['steps']} steps"
+    if isinstance(cfg.get("epochs"), int | float):
+        return f"{cfg['epochs']:g} epochs"
+    return f"{DEFAULT_STEPS} steps" if "steps" in cfg else "?"
 
 
 def _markdown(run: RunDir, frame: pd.DataFrame, done: pd.DataFrame, front: pd.DataFrame, best: pd.Series | None,
@@ -184,7 +194,7 @@ def _markdown(run: RunDir, frame: pd.DataFrame, done: pd.DataFrame, front: pd.Da
              f"| trials | {len(frame)} of a budget of {cfg.get('trials', '?')}: {n_complete} complete, "
              f"{n_failed} failed" + "".join(f", {n} {s.lower()}" for s, n in others.items()) + " |",
              f"| data | {ctx['data']}, {info.get('num_classes', '?')} classes, trained at {ctx['resolution']} px for "
-             f"{_num(ctx['epochs'], 'g', '?')} epochs |",
+             f"{ctx['budget']} |",
              f"| latency | predicted at {ctx['latency_resolution']} px by `{info.get('table', cfg.get('table'))}` |",
              f"| target | {_num(target, '.3f')} ms, reward {cfg.get('reward', '?')} |",
              f"| ceiling | {_num(cfg.get('max_latency_ms'), '.3f', 'none')}"

@@ -21,7 +21,7 @@ from search_space.paths import RUNS_DIR
 # The main job: evolution with a small population, so that 12 trials are more than random sampling.
 MAIN_JOB: dict[str, Any] = {
     "name": "main", "space": "mobilenet_v3_small_space", "data": "builtin:digits", "resolution": 32,
-    "epochs": 3.0, "trials": 12, "searcher": "evolution",
+    "steps": 69, "trials": 12, "searcher": "evolution",  # 69 steps: 3 epochs of digits
     "searcher_options": {"population": 6, "sample_size": 3}, "reward": "mobilenet_v3",
 }
 EXPORT_FORMATS = ("json", "onnx", "torchscript", "timm")

@@ -32,8 +32,12 @@ def report_cmd(run_dir: Path, as_json: bool) -> None:
 
 
 def is_run_dir(arg: str) -> bool:
-    """`bneck export` takes a run dir where it would take a spec: any existing directory is meant as one."""
-    return Path(arg).is_dir()
+    """`bneck export` takes a run dir where it would take a spec: any existing directory is meant as one. An
+    argument too long to be a path (a large-space arch string is 400+ characters) is not one."""
+    try:
+        return Path(arg).is_dir()
+    except OSError:  # ENAMETOOLONG: pathlib only swallows "does not exist"
+        return False
 
 
 def export_run(run_dir: str, fmt: str, out: Path | None, trial: int | None, as_json: bool,
@@ -46,10 +50,10 @@ def export_run(run_dir: str, fmt: str, out: Path | None, trial: int | None, as_j
     try:
         with _err.status(f"exporting {fmt} ..."):
             info = export_trial(RunDir(run_dir), fmt, out, trial)
-    except (RunError, ss.SpecError) as exc:
+    except (RunError, ss.SpecError, ss.ExportError) as exc:
         raise UserError(str(exc)) from None
-    except ss.ExportError as exc:
-        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise UserError(f"cannot write {exc.filename or out}: {exc.strerror or exc}") from None
     if as_json:
         click.echo(json.dumps(info))
         return

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import math
 import os
@@ -24,6 +25,8 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from search_space.paths import atomic_write
+
 INTERRUPTED = "interrupted"  # user attr of a trial whose worker or driver died; it is re-run, never counted
 REFERENCE = "reference"  # user attr of the enqueued preset (the reference point of reports)
 TRIAL_COLUMNS = ("trial", "state", "arch", "arch_id", "accuracy", "latency_ms", "reward", "params", "madds",
@@ -32,12 +35,6 @@ TRIAL_COLUMNS = ("trial", "state", "arch", "arch_id", "accuracy", "latency_ms", 
 
 class RunError(RuntimeError):
     """A run dir is missing, locked by another driver, or not a run dir; the message says which."""
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def counted(t: FrozenTrial) -> bool:
@@ -102,9 +99,9 @@ class RunDir:
 
     # ---- outputs rewritten as trials finish ---------------------------------------------------------------
     def write_trials(self, frame: pd.DataFrame) -> None:
-        tmp = self.trials.with_name("trials.parquet.tmp")
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, self.trials)
+        buf = io.BytesIO()
+        frame.to_parquet(buf, index=False)
+        atomic_write(self.trials, buf.getvalue())
 
     def write_json(self, path: Path, doc: dict[str, Any]) -> None:
         atomic_write(path, (json.dumps(doc, indent=2, default=_json_default) + "\n").encode())

@@ -16,12 +16,13 @@ import latency as lat
 import search_space as ss
 import searchers as se
 from evaluators import DataError, RecipeError
+from evaluators.trainer import DEFAULT_STEPS
 from runs.config import ConfigError, RunConfig, default_run_dir, load_config, resume_config
 from runs.engine import Driver, Setup, eta_s, make_setup, resolved, run_search
 from runs.errors import UserError, console_err, console_out
 from runs.executors import ExecutorError
 from runs.rundir import RunDir, RunError, best_row
-from search_space.paths import RUNS_DIR
+from search_space.paths import RUNS_DIR, atomic_write
 
 USER_ERRORS = (ConfigError, RunError, ExecutorError, DataError, RecipeError, ss.SpecError, se.SearchError,
                se.RewardError, lat.LatencyError)
@@ -80,7 +81,7 @@ def start_run(config: RunConfig | None, out: Path | None, resume: Path | None,
     _setup_logging(run)
     setup = make_setup(config, show_progress=config.progress)
     setup.config = resolved(config, setup)
-    run.config.write_text(setup.config.to_yaml())
+    atomic_write(run.config, setup.config.to_yaml())
     return run, setup
 
 
@@ -130,7 +131,7 @@ def summary(run: RunDir, setup: Setup) -> None:
                       highlight=False)
 
 
-SEARCH_FLAGS = ("space", "table", "target_ms", "searcher", "trials", "data", "epochs", "workers", "backend",
+SEARCH_FLAGS = ("space", "table", "target_ms", "searcher", "trials", "data", "steps", "epochs", "workers", "backend",
                 "address", "seed", "storage", "threads", "resolution", "mode", "reward", "max_latency_ms", "name")
 
 
@@ -151,7 +152,9 @@ SEARCH_FLAGS = ("space", "table", "target_ms", "searcher", "trials", "data", "ep
 @click.option("--trials", type=int, default=None, help="Budget of finished trials [default: 20].")
 @click.option("--data", default=None, help="builtin:digits, an image folder or a .npz [default: builtin:digits].")
 @click.option("--resolution", type=int, default=None, help="Proxy-training resolution [default: 32].")
-@click.option("--epochs", type=float, default=None, help="Proxy-training epochs [default: 3].")
+@click.option("--steps", type=int, default=None,
+              help=f"Proxy-training optimizer steps per candidate [default: {DEFAULT_STEPS}].")
+@click.option("--epochs", type=float, default=None, help="Proxy-training budget in epochs instead of steps.")
 @click.option("--workers", type=int, default=None, help="Trials at once [default: 1].")
 @click.option("--threads", type=int, default=None, help="Torch threads per trial [default: cores/workers].")
 @click.option("--device", default=None, help="Training device: cpu, cuda or cuda:N [default: cpu].")

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from search_space.builder import build_model
+from search_space.paths import atomic_write
 from search_space.spec import Arch, SpecError
 
 ONNX_OPSET = 17
@@ -83,9 +84,7 @@ def verify_onnx(model_bytes: bytes, module: nn.Module, input_shape: tuple[int, .
 
 def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write(path, data)
 
 
 def export_arch(arch: Arch, path: str | os.PathLike[str], fmt: str = "onnx",

@@ -26,7 +26,11 @@ def load_arch(text: str, width_mult: float | None = None, resolution: int | None
         arch = Arch.parse(text)
     else:
         path = Path(text)
-        if not path.is_file():
+        try:
+            is_file = path.is_file()
+        except OSError:  # too long to be a path name
+            is_file = False
+        if not is_file:
             raise SpecError(f"{text!r} is no preset ({', '.join(PRESETS)}), spec file, JSON or arch string "
                             "(r224_n1000,stem_...,ir_...,head_...)")
         try:

@@ -29,8 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from search_space import Arch, Bneck, SpecError
 from search_space.surgery import prune_expand, prune_group, residual_group_of, shrink_expand, shrink_group
 
@@ -186,11 +184,11 @@ class NetAdaptSettings:
         return min(delta, current_ms - self.target_ms)
 
     def short_recipe(self) -> dict[str, Any]:
-        return {"epochs": float(max(1, self.short_steps)), "max_steps": max(1, self.short_steps),
-                "lr": self.short_lr, "warmup_epochs": 0.0, "batch_size": self.batch_size, "threads": self.threads}
+        return {"steps": max(1, self.short_steps), "lr": self.short_lr, "warmup_fraction": 0.0,
+                "batch_size": self.batch_size, "threads": self.threads}
 
     def long_recipe(self) -> dict[str, Any]:
-        return {"epochs": float(self.long_epochs), "lr": self.long_lr, "warmup_epochs": 0.0,
+        return {"epochs": float(self.long_epochs), "min_steps": 1, "lr": self.long_lr, "warmup_fraction": 0.0,
                 "batch_size": self.batch_size, "threads": self.threads}
 
     def to_dict(self) -> dict[str, Any]:
@@ -270,7 +268,7 @@ def run_job(job: FineTuneJob) -> FineTuneOutcome:
 
     import torch
 
-    from evaluators import ProxyTrainer, Recipe, evaluate_accuracy
+    from evaluators import ProxyTrainer, Recipe
 
     t0 = time.perf_counter()
     data = _job_data(job)
@@ -289,14 +287,7 @@ def run_job(job: FineTuneJob) -> FineTuneOutcome:
                                    time.perf_counter() - t0, worker)
         top1, loss = result.top1, result.loss
     else:
-        prev = torch.get_num_threads()
-        torch.set_num_threads(recipe.threads)
-        try:
-            x = trainer._tensors(data.x_val, data)
-            y = torch.from_numpy(np.array(data.y_val, dtype=np.int64)).to(trainer.device)
-            top1, loss = evaluate_accuracy(model.to(trainer.device), x, y, recipe.batch_size * 4)
-        finally:
-            torch.set_num_threads(prev)
+        top1, loss = trainer.score(model, data, "val")
     return FineTuneOutcome(job.index, float(top1), float(loss), False, "", state_bytes(model),
                            time.perf_counter() - t0, worker)
 

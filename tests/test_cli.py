@@ -1,6 +1,7 @@
 """The `bneck` command line: JSON outputs, exports, and user mistakes as one line with exit code 2."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from search_space import (
     Arch,
     build_model,
     count,
+    get_space,
     mobilenet_v1,
     mobilenet_v3_small,
     mobilenet_v3_small_space,
@@ -197,6 +199,32 @@ def test_export_human_output(tmp_path):
     assert result.stdout.startswith(f"wrote {out} (")
 
 
+def test_export_of_a_large_space_arch_string(tmp_path):
+    """Every large-space architecture string is longer than a file name may be (255): it is a spec, not a path."""
+    arch = get_space("mobilenet_v3_large_space").sample(np.random.default_rng(0))
+    assert len(arch.to_string()) > 255
+    info = ok_json("export", arch.to_string(), "--format", "json", "--out", tmp_path / "a.json", "--json")
+    assert Arch.from_json(Path(info["path"]).read_text()) == arch
+
+
+def test_export_to_an_unwritable_place_is_one_line_and_leaves_nothing(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    assert_user_error(invoke("export", "mobilenet_v3_small", "--format", "json", "--out", blocker / "x.json"),
+                      "cannot write", str(blocker / "x.json"))
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if os.access(ro, os.W_OK):  # root ignores directory permissions
+            return
+        assert_user_error(invoke("export", "mobilenet_v3_small", "--format", "json", "--out", ro / "x.json"),
+                          "cannot write")
+        assert list(ro.iterdir()) == []
+    finally:
+        ro.chmod(0o700)
+
+
 # ---- user mistakes ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("args", "fragments"), [
     (["space", "show", "mobilenet_v5"], ["'mobilenet_v5' is no preset", "mobilenet_v3_small"]),
@@ -277,3 +305,27 @@ def test_console_script_bad_preset_exits_2_without_traceback():
     assert proc.stdout == ""
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: 'mobilenet_v5' is no preset")
+
+
+def test_usable_cpus_follow_affinity_and_cgroup_quota(tmp_path, monkeypatch):
+    """Thread defaults come from the CPUs the process may use, not the machine's count (containers, taskset)."""
+    import os
+
+    from runs.config import RunConfig
+    from search_space.host import cgroup_cpu_quota, usable_cpus
+
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert cgroup_cpu_quota(tmp_path) == 1.5
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    assert usable_cpus(tmp_path) == 2  # 1.5 CPUs of quota round up
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert usable_cpus(tmp_path) == 8
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("300000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert usable_cpus(v1) == 3
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert usable_cpus(v1) == 8
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
+    assert RunConfig(workers=1).worker_threads() == 1  # taskset -c 3: one thread, whatever os.cpu_count() says

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 import search_space as ss
 from evaluators import PROXIES, ProxyError, ProxyTrainer, Recipe, RecipeError, evaluate_accuracy, load_data, proxy_score
-from evaluators.trainer import _param_groups
+from evaluators.trainer import DEFAULT_STEPS, _param_groups
 from runs.cli import cli
 
 TINY = Recipe(epochs=1, max_steps=4, batch_size=32, threads=1)
@@ -38,7 +38,8 @@ def test_training_is_deterministic_for_a_seed(digits, small_arch):
 
 
 def test_diverging_run_is_a_failed_result_not_an_exception(digits, small_arch):
-    res = ProxyTrainer(Recipe(epochs=1, max_steps=20, lr=1e12, threads=1, warmup_epochs=0)).evaluate(small_arch, digits)
+    recipe = Recipe(steps=20, lr=1e12, threads=1, warmup_fraction=0)
+    res = ProxyTrainer(recipe).evaluate(small_arch, digits)
     assert res.failed and res.top1 == 0.0
     assert "diverged" in res.reason or "non-finite" in res.reason
 
@@ -80,10 +81,22 @@ def test_weight_decay_skips_depthwise_bn_and_biases(small_arch):
     assert no_decay["weight_decay"] == 0.0
 
 
-@pytest.mark.parametrize("field", ["epochs", "batch_size", "lr", "label_smoothing", "threads"])
+@pytest.mark.parametrize("field", ["steps", "epochs", "min_steps", "batch_size", "lr", "label_smoothing",
+                                   "warmup_fraction", "threads"])
 def test_bad_recipe_fields_are_named(field):
     with pytest.raises(RecipeError, match=field):
         Recipe(**{field: -1})
+
+
+def test_budget_is_steps_or_epochs_with_a_floor():
+    assert Recipe().steps == DEFAULT_STEPS and Recipe().recipe_hash == Recipe(steps=DEFAULT_STEPS).recipe_hash
+    assert Recipe(steps=250).total_steps(60_000) == Recipe(steps=250).total_steps(500) == 250
+    assert Recipe(epochs=3, batch_size=64).total_steps(64_000) == 3000
+    assert Recipe(epochs=3, batch_size=64).total_steps(1_200) == 100  # 57 steps lifted to the floor
+    assert Recipe(epochs=3, max_steps=40).total_steps(64_000) == 40
+    assert Recipe(steps=400).warmup_steps(400) == 20
+    with pytest.raises(RecipeError, match="steps or epochs, not both"):
+        Recipe(steps=10, epochs=1.0)
 
 
 def test_cuda_request_without_cuda_is_a_clear_error():
@@ -139,3 +152,22 @@ def test_default_recipe_reaches_95_percent_on_digits_with_v3_small(digits):
     res = ProxyTrainer(Recipe()).evaluate(ss.mobilenet_v3_small(), digits, seed=0)
     assert not res.failed
     assert res.top1 >= 0.95, res
+
+
+@pytest.mark.slow
+def test_default_budget_learns_a_small_folder_well_above_chance(tmp_path, monkeypatch):
+    """A user's folder of 100 images per class: the default budget (what `bneck evaluate` and `bneck search`
+    use) reaches well above chance. The old epoch budget (3 epochs = 39 steps with 1 epoch of warm-up) left
+    V3-Small at 14% here; the step budget gives it enough updates whatever the folder's size."""
+    from shapes import make_folder
+
+    from runs.config import RunConfig
+
+    monkeypatch.setenv("BNECK_CACHE", str(tmp_path / "cache"))
+    folder = make_folder(tmp_path / "shapes", per_class=100, seed=0)
+    assert RunConfig().training_recipe().total_steps(800) == Recipe().total_steps(800) == DEFAULT_STEPS
+    result = CliRunner().invoke(cli, ["evaluate", "mobilenet_v3_small", "--data", str(folder), "--no-cache", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output.strip().splitlines()[-1])
+    assert out["steps"] == DEFAULT_STEPS
+    assert out["top1"] >= 0.7, out  # chance is 10%; measured 95.5%

@@ -528,3 +528,36 @@ def test_cli_predict_and_measure(built):
     m = json.loads(result.output)
     assert m["host_state"] == "table" and m["rounds"] == 2
     assert m["ms"] == pytest.approx(m["ratio_to_reference"] * lat.LatencyTable.load(path).reference_us / 1e3)
+
+
+def test_predict_warns_how_far_outside_the_measured_grid(built):
+    """`latency predict` of an expansion far beyond the grid still answers, but says it is a guess and how far."""
+    table, path = built
+    seed = tiny_space().seed
+    assert table.extrapolation(seed) == []
+    import dataclasses
+
+    blocks = list(seed.blocks)
+    blocks[2] = dataclasses.replace(blocks[2], expand=4000)
+    wide = seed.replace(blocks=tuple(blocks))
+    lines = table.extrapolation(wide)
+    assert len(lines) == 1 and "layer 3" in lines[0] and "expansion width 4000" in lines[0]
+    e = table.entries
+    fam = e[(e["kind"] == "bneck") & (e["size"] == 8) & (e["kernel"] == 3) & (e["stride"] == 1) & e["se"]
+            & (e["act"] == "hswish")]
+    widest = int(fam["expand"].max())
+    assert f"{4000 / widest:.1f}x the widest measured ({widest})" in lines[0]
+    result = CliRunner().invoke(cli, ["latency", "predict", "--table", str(path), wide.to_string(), "--json"])
+    assert result.exit_code == 0, result.output
+    assert "warning:" in result.stderr and "extrapolated" in result.stderr
+    assert json.loads(result.stdout)["extrapolated"] == lines
+
+
+@pytest.mark.parametrize("manifest", ["[1, 2", "[]", '{"format": "bneck-latency-kit/2"}',
+                                      '{"format": "bneck-latency-kit/2", "entries": [{"key": "a"}]}'])
+def test_import_of_a_damaged_kit_manifest_is_one_line(tmp_path, manifest):
+    (tmp_path / "manifest.json").write_text(manifest)
+    (tmp_path / "results.csv").write_text("")
+    out = tmp_path / "t.parquet"
+    _user_error(CliRunner().invoke(cli, ["latency", "import", str(tmp_path), "--out", str(out)]), "manifest.json")
+    assert not out.exists()

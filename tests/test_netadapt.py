@@ -48,7 +48,7 @@ QUICK = ["--short-steps", "2", "--long-epochs", "0.25", "--step-frac", "0.05", "
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory) -> dict:
-    """The trained start network (3 epochs on digits), its weights file and a synthetic table of its space."""
+    """The trained start network (69 steps, 3 digits epochs), its weights file and a synthetic table of its space."""
     d = tmp_path_factory.mktemp("netadapt")
     space = ss.space_around("na_space", SEED_ARCH, expand_ratios=(2.0, 3.0, 4.0), width_ratios=(1.0, 1.5),
                             kernels=(3,), depth_delta=0, num_classes=10, resolution=32)
@@ -58,7 +58,7 @@ def net(tmp_path_factory) -> dict:
     table = lat.LatencyTable.from_layer_us(space, 32, lambda c: 5.0 + ss.layer_cost(c)[1] / 1e4)
     table_path = table.save(d / "table.parquet")
     data = load_data("builtin:digits", 32)
-    result = ProxyTrainer(Recipe(epochs=3, threads=1)).evaluate(SEED_ARCH, data, seed=0, return_model=True)
+    result = ProxyTrainer(Recipe(steps=69, threads=1)).evaluate(SEED_ARCH, data, seed=0, return_model=True)
     torch.save(result.model.state_dict(), d / "start.pt")  # type: ignore[attr-defined]
     (d / "start.json").write_text(SEED_ARCH.to_json())
     start_ms = table.predict_ms(SEED_ARCH)
@@ -306,7 +306,7 @@ def test_resume_after_kill_continues_from_the_last_iteration(net, finished, tmp_
 
 
 def test_bneck_run_prunes_the_best_trial_and_reports_it(net, tmp_path):
-    cfg = {"space": str(net["space"]), "table": str(net["table_path"]), "latency_resolution": 32, "epochs": 3.0,
+    cfg = {"space": str(net["space"]), "table": str(net["table_path"]), "latency_resolution": 32, "steps": 69,
            "trials": 2, "searcher": "random", "eval_cache": False, "progress": False, "threads": 1,
            "exports": ["json"],
            "netadapt": {"target_frac": 0.9, "step_frac": 0.05, "short_steps": 1, "long_epochs": 0.1, "workers": 1}}

@@ -1,7 +1,7 @@
 """Run reports (report.png / report.md), per-trial export from a run dir, and the timm architecture definitions.
 
 One tiny real run per module: a two-stage space with a latency table measured at 32 px in the fixture (seconds,
-not the minutes a real space's table takes), three trials of 0.05 epochs on the built-in digits.
+not the minutes a real space's table takes), three trials of one step on the built-in digits.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def run(tmp_path_factory) -> Path:
            "eval_cache": False, "keep_weights": 1, "searcher": "random"}
     (d / "run.yaml").write_text(yaml.safe_dump(cfg))
     out = d / "run"
-    res = invoke(["search", "--config", str(d / "run.yaml"), "--trials", "3", "--epochs", "0.05", "--out", str(out),
+    res = invoke(["search", "--config", str(d / "run.yaml"), "--trials", "3", "--steps", "1", "--out", str(out),
                   "--no-progress", "--seed", "0"], d)
     assert res.exit_code == 0, res.output
     return out

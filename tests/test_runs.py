@@ -46,7 +46,7 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
 
 
 def write_config(tiny: dict[str, Path], path: Path, **extra) -> Path:
-    doc = {"space": str(tiny["space"]), "table": str(tiny["table"]), "latency_resolution": 32, "epochs": 0.5,
+    doc = {"space": str(tiny["space"]), "table": str(tiny["table"]), "latency_resolution": 32, "steps": 12,
            "trials": 4, "eval_cache": False, "progress": False, "keep_weights": 2, "searcher": "random",
            "threads": 1} | extra
     path.write_text(yaml.safe_dump(doc))
@@ -175,7 +175,7 @@ def interrupted_trials(run: Path) -> list:
 @pytest.mark.slow
 def test_kill_9_of_the_driver_then_resume_runs_exactly_the_budget(tiny, tmp_path):
     run = tmp_path / "run"
-    proc = start(tiny, tmp_path, run, trials=5, epochs=2.0)
+    proc = start(tiny, tmp_path, run, trials=5, steps=46)
     wait_rows(run, 2, proc, running=1)
     os.kill(proc.pid, signal.SIGKILL)  # the driver only: its workers see their parent vanish
     proc.wait()
@@ -195,7 +195,7 @@ def test_kill_9_of_the_driver_then_resume_runs_exactly_the_budget(tiny, tmp_path
 @pytest.mark.slow
 def test_kill_9_of_a_worker_reruns_its_trial_and_two_workers_lose_nothing(tiny, tmp_path):
     run = tmp_path / "run"
-    proc = start(tiny, tmp_path, run, trials=6, workers=2, threads=1, epochs=2.0)
+    proc = start(tiny, tmp_path, run, trials=6, workers=2, threads=1, steps=46)
     wait_rows(run, 1, proc)
     workers = children(proc.pid)
     workers = [p for p in workers if "resource_tracker" not in Path(f"/proc/{p}/cmdline").read_text()]
@@ -211,7 +211,7 @@ def test_kill_9_of_a_worker_reruns_its_trial_and_two_workers_lose_nothing(tiny, 
 @pytest.mark.slow
 def test_ctrl_c_keeps_finished_trials_and_says_how_to_resume(tiny, tmp_path):
     run = tmp_path / "run"
-    proc = start(tiny, tmp_path, run, trials=4, epochs=2.0)
+    proc = start(tiny, tmp_path, run, trials=4, steps=46)
     wait_rows(run, 1, proc)
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends: the whole process group
     _, err = proc.communicate(timeout=120)
@@ -242,7 +242,7 @@ def test_a_second_driver_on_the_same_run_is_refused(tiny, tmp_path):
 def test_same_seed_same_search(tiny, tmp_path):
     archs = []
     for name in ("a", "b"):
-        cfg = write_config(tiny, tmp_path / f"{name}.yaml", trials=4, searcher="evolution", epochs=0.2,
+        cfg = write_config(tiny, tmp_path / f"{name}.yaml", trials=4, searcher="evolution", steps=5,
                            searcher_options={"population": 2, "sample_size": 2})
         res = CliRunner().invoke(cli, ["search", "--config", str(cfg), "--out", str(tmp_path / name)],
                                  env=env(tmp_path))
@@ -285,7 +285,7 @@ def test_ray_search_resumes_after_kill_9_of_the_driver(tiny, tmp_path):
     if reason:
         unavailable(f"Ray tests run only inside a loopback-only network namespace: {reason}")
     run = tmp_path / "run"
-    cfg = write_config(tiny, tmp_path / "run.yaml", trials=5, workers=2, threads=1, epochs=2.0)
+    cfg = write_config(tiny, tmp_path / "run.yaml", trials=5, workers=2, threads=1, steps=46)
     home = tmp_path / "home"  # as after an earlier private Ray of Ray's own: `ray start --head` then needs it
     (home / ".ray").mkdir(parents=True)
     (home / ".ray" / "auth_token").write_text("0f" * 32)

@@ -1,0 +1,187 @@
+"""Does the search's proxy rank architectures like a long training does? Fashion-MNIST, the small space.
+
+Rows: 30 architectures sampled from mobilenet_v3_small_space (seed 0) plus MobileNetV3-Small at α 0.5, 0.75, 1.0,
+1.25, on builtin:fashion:10000 at 32 px (8,000 training and 2,000 validation images; fashion's own 10,000 test
+images are never seen in training). Each is trained
+
+  - at every proxy budget in PROXY_STEPS (optimizer steps of the default recipe), scored on validation: what a
+    search sees;
+  - long, LONG_STEPS = 4x the largest proxy budget, scored on the test split: the truth the proxy should rank by;
+
+and the first SEEDED of them again with seed 1 at every budget, which measures the seed noise (the pooled std of
+top-1 from the seed pairs) and the ceiling any proxy can reach (Kendall τ of the long training with itself).
+Zero-cost proxies are scored against the long top-1 as well.
+
+The work is ordered so that a partial run is already useful (proxy + long of every arch first, then the other
+budget, then the seeds), every training lands in the evaluation cache and the rows file is rewritten after each
+one, so an interrupted run resumes where it stopped. Rows: benchmarks/data/fashion_small_space_rows.json (reused by
+the other fashion benchmarks). Hours of CPU on 2 cores; `--archs 4 --seeded 2` is a quick look.
+
+Usage: python benchmarks/proxy_fidelity.py [--archs 30] [--seeded 10] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.stats import kendalltau, spearmanr
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write
+
+import search_space as ss
+from evaluators import PROXIES, ProxyTrainer, Recipe, load_data, proxy_score
+from evaluators.trainer import DEFAULT_STEPS
+from search_space.paths import atomic_write, cache_dir
+
+DATA = "builtin:fashion:10000"
+RESOLUTION = 32
+PROXY_STEPS = (150, 300)  # the candidate search budgets (DEFAULT_STEPS is one of them)
+LONG_STEPS = 4 * max(PROXY_STEPS)
+V3_SMALL_ALPHAS = (0.5, 0.75, 1.0, 1.25)
+ROWS_FILE = Path(__file__).resolve().parent / "data" / "fashion_small_space_rows.json"
+
+
+def archs_of(n_sampled: int, seed: int = 0) -> list[tuple[str, ss.Arch]]:
+    space = ss.mobilenet_v3_small_space(num_classes=10, resolution=RESOLUTION)
+    rng = np.random.default_rng(seed)
+    sampled = [(f"sampled_{i}", space.sample(rng)) for i in range(n_sampled)]
+    v3 = [(f"v3_small_a{a:g}", ss.mobilenet_v3_small(width_mult=a, resolution=RESOLUTION, num_classes=10))
+          for a in V3_SMALL_ALPHAS]
+    return v3 + sampled  # the references first: a partial run already places them
+
+
+def pooled_seed_std(pairs: list[tuple[float, float]]) -> float | None:
+    """std of one training's top-1 from (seed 0, seed 1) pairs: sqrt(mean((a - b)^2 / 2))."""
+    if not pairs:
+        return None
+    return float(np.sqrt(np.mean([(a - b) ** 2 / 2 for a, b in pairs])))
+
+
+def tau(x: list[float], y: list[float]) -> float | None:
+    return _finite(kendalltau(x, y).statistic) if len(x) >= 3 else None
+
+
+def _finite(v: float) -> float | None:
+    return float(v) if np.isfinite(v) else None  # undefined (constant input) is null in the JSON, not NaN
+
+
+def summarize(rows: list[dict[str, Any]], seeded: int) -> dict[str, Any]:
+    full = [r for r in rows if "long" in r and "0" in r["long"]]
+    truth = [r["long"]["0"]["test"] for r in full]
+    budgets = {}
+    for steps in PROXY_STEPS:
+        key = str(steps)
+        have = [r for r in full if "0" in r["proxy"].get(key, {})]
+        proxy = [r["proxy"][key]["0"]["top1"] for r in have]
+        pairs = [(r["proxy"][key]["0"]["top1"], r["proxy"][key]["1"]["top1"]) for r in have if "1" in r["proxy"][key]]
+        budgets[key] = {
+            "n": len(have), "kendall_tau": tau(proxy, [r["long"]["0"]["test"] for r in have]),
+            "spearman": _finite(spearmanr(proxy, [r["long"]["0"]["test"] for r in have]).statistic)
+            if len(have) >= 3 else None,
+            "seed_std": pooled_seed_std(pairs), "seed_pairs": len(pairs),
+            "trial_s_median": float(np.median([r["proxy"][key]["0"]["train_s"] for r in have])) if have else None,
+            "trial_s_max": float(np.max([r["proxy"][key]["0"]["train_s"] for r in have])) if have else None,
+            "top1_range": [float(min(proxy)), float(max(proxy))] if proxy else None}
+    long_pairs = [(r["long"]["0"]["test"], r["long"]["1"]["test"]) for r in full if "1" in r["long"]]
+    zero_cost = {}
+    for name in PROXIES:
+        vals = np.array([r["zero_cost"][name] for r in full if name in r.get("zero_cost", {})], dtype=float)
+        ys = np.array([r["long"]["0"]["test"] for r in full if name in r.get("zero_cost", {})])
+        ok = np.isfinite(vals)
+        zero_cost[name] = {"kendall_tau": tau(list(vals[ok]), list(ys[ok])), "n": int(ok.sum())}
+    default = budgets[str(DEFAULT_STEPS)]
+    return {
+        "data": DATA, "resolution": RESOLUTION, "proxy_steps": list(PROXY_STEPS), "long_steps": LONG_STEPS,
+        "default_steps": DEFAULT_STEPS, "n_archs": len(full), "planned_archs": len(rows), "seeded_planned": seeded,
+        "complete": len(full) == len(rows) and all(b["n"] == len(rows) for b in budgets.values())
+        and len(long_pairs) >= min(seeded, len(rows)),
+        "kendall_tau": default["kendall_tau"], "seed_std_proxy": default["seed_std"],
+        "seed_std_long": pooled_seed_std(long_pairs), "long_seed_pairs": len(long_pairs),
+        "long_self_tau": tau([a for a, _ in long_pairs], [b for _, b in long_pairs]),
+        "trial_s_median": default["trial_s_median"], "budgets": budgets, "zero_cost": zero_cost,
+        "long_top1_range": [float(min(truth)), float(max(truth))] if truth else None,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--archs", type=int, default=30, help="sampled architectures (plus the 4 V3-Small widths)")
+    ap.add_argument("--seeded", type=int, default=10, help="architectures trained with a second seed")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--rows", default=str(ROWS_FILE))
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    data = load_data(DATA, resolution=RESOLUTION, seed=0)
+    rows_path = Path(args.rows)
+    old = {r["arch_id"]: r for r in json.loads(rows_path.read_text())["rows"]} if rows_path.is_file() else {}
+    named = archs_of(args.archs)
+    rows = [old.get(a.arch_id) or {"label": label, "arch": a.to_string(), "arch_id": a.arch_id,
+                                   "params": ss.params(a), "madds": ss.madds(a), "proxy": {}, "long": {}}
+            for label, a in named]
+    archs = {a.arch_id: a for _, a in named}
+    cache = cache_dir()
+
+    def save() -> None:
+        rows_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(rows_path, json.dumps({"data": DATA, "resolution": RESOLUTION, "long_steps": LONG_STEPS,
+                                            "recipe": {k: v for k, v in Recipe(threads=args.threads).__dict__.items()
+                                                       if k != "steps"}, "rows": rows}, indent=1) + "\n")
+
+    def proxy(row: dict[str, Any], steps: int, seed: int) -> None:
+        slot = row["proxy"].setdefault(str(steps), {})
+        if str(seed) in slot:
+            return
+        res = ProxyTrainer(Recipe(steps=steps, threads=args.threads), cache_dir=cache).evaluate(
+            archs[row["arch_id"]], data, seed=seed)
+        slot[str(seed)] = {"top1": res.top1, "loss": res.loss, "train_s": res.train_s, "failed": res.failed}
+        save()
+        print(f"  {row['label']:>14s} {steps:5d} steps seed {seed}: val top-1 {100 * res.top1:.2f}% "
+              f"({res.train_s:.0f} s)", flush=True)
+
+    def long(row: dict[str, Any], seed: int) -> None:
+        if str(seed) in row["long"]:
+            return
+        trainer = ProxyTrainer(Recipe(steps=LONG_STEPS, threads=args.threads), cache_dir=cache)
+        res = trainer.evaluate(archs[row["arch_id"]], data, seed=seed, return_model=True)
+        test = (trainer.score(res.model, data, "test")[0] if not res.failed else 0.0)  # type: ignore[attr-defined]
+        row["long"][str(seed)] = {"val": res.top1, "test": test, "train_s": res.train_s, "failed": res.failed}
+        save()
+        print(f"  {row['label']:>14s} {LONG_STEPS:5d} steps seed {seed}: test top-1 {100 * test:.2f}% "
+              f"({res.train_s:.0f} s)", flush=True)
+
+    default, other = DEFAULT_STEPS, [s for s in PROXY_STEPS if s != DEFAULT_STEPS]
+    for i, row in enumerate(rows):  # phase 1: the default proxy and the truth for every arch
+        print(f"[{i + 1}/{len(rows)}] {row['label']} {row['arch_id']} ({row['madds'] / 1e6:.1f} M MAdds)", flush=True)
+        proxy(row, default, 0)
+        long(row, 0)
+        if "zero_cost" not in row:
+            row["zero_cost"] = {name: proxy_score(name, archs[row["arch_id"]], data, seed=0) for name in PROXIES}
+            save()
+    for row in rows:  # phase 2: the other budgets
+        for steps in other:
+            proxy(row, steps, 0)
+    for row in rows[:args.seeded]:  # phase 3: seed noise
+        for steps in PROXY_STEPS:
+            proxy(row, steps, 1)
+        long(row, 1)
+    summary = summarize(rows, args.seeded)
+    summary["wall_s"] = time.perf_counter() - t0
+    summary["rows"] = [{k: r[k] for k in ("label", "arch_id", "madds", "params", "proxy", "long")} for r in rows]
+    path = write("proxy_fidelity", summary, args.out)
+    for steps, b in summary["budgets"].items():
+        print(f"proxy {steps} steps: Kendall τ {b['kendall_tau']} vs long ({b['n']} archs), seed std {b['seed_std']}, "
+              f"trial {b['trial_s_median']} s median")
+    print(f"long {LONG_STEPS} steps: seed std {summary['seed_std_long']}, self τ {summary['long_self_tau']}")
+    print(f"wrote {path} and {rows_path}")
+
+
+if __name__ == "__main__":
+    main()
