@@ -128,6 +128,56 @@ class Result:
         return asdict(self)
 
 
+DEFAULT_WEIGHTS_CAP_BYTES = 2 * 1024**3  # trained weights the eval cache keeps (6-17 MB each at 32 px)
+STALE_TEMP_S = 3600.0  # a temp file this old belongs to a writer that died
+
+
+@dataclass(frozen=True)
+class CacheUsage:
+    results: int
+    weights: int
+    weights_bytes: int
+    removed: int = 0
+    freed_bytes: int = 0
+
+
+def prune_eval_cache(cache_dir: str | os.PathLike[str], weights_cap_bytes: int = DEFAULT_WEIGHTS_CAP_BYTES,
+                     now: float | None = None) -> CacheUsage:
+    """Keep the evaluation cache's trained weights under `weights_cap_bytes`, removing the least recently
+    written first, and remove temp files of writers that died. Results (small JSON) are always kept: a search
+    resumed or repeated still skips every training it did; only a request for weights retrains. Safe while
+    other processes use the cache: a weights file removed under a reader is a cache miss, not an error."""
+    evals = Path(cache_dir) / "evals"
+    if not evals.is_dir():
+        return CacheUsage(0, 0, 0)
+    now = time.time() if now is None else now
+    removed = freed = 0
+    weights: list[tuple[float, int, Path]] = []
+    results = 0
+    for path in evals.iterdir():
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        if path.name.endswith(".tmp"):
+            if now - st.st_mtime > STALE_TEMP_S:
+                path.unlink(missing_ok=True)
+                removed, freed = removed + 1, freed + st.st_size
+        elif path.suffix == ".pt":
+            weights.append((st.st_mtime, st.st_size, path))
+        elif path.suffix == ".json":
+            results += 1
+    weights.sort()
+    total = sum(size for _, size, _ in weights)
+    kept = len(weights)
+    for _, size, path in weights:
+        if total <= weights_cap_bytes:
+            break
+        path.unlink(missing_ok=True)
+        total, kept, removed, freed = total - size, kept - 1, removed + 1, freed + size
+    return CacheUsage(results, kept, total, removed, freed)
+
+
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     decay, no_decay = [], []
     for module in model.modules():
@@ -191,11 +241,16 @@ class ProxyTrainer:
         paths = self._cache_paths(key)
         if paths is not None and paths[0].is_file() and (not return_model or paths[1].is_file()):
             result = Result(**{**json.loads(paths[0].read_text()), "cached": True})
-            if return_model:
-                model = build_model(arch.replace(num_classes=data.num_classes, resolution=data.resolution))
+            if not return_model:
+                return result
+            model = build_model(arch.replace(num_classes=data.num_classes, resolution=data.resolution))
+            try:
                 model.load_state_dict(torch.load(paths[1], map_location="cpu", weights_only=True))
+            except FileNotFoundError:  # pruned since the check (`bneck cache prune`): train again
+                pass
+            else:
                 result.model = model  # type: ignore[attr-defined]
-            return result
+                return result
         result, model = self._train(arch, data, seed)
         if paths is not None:
             paths[0].parent.mkdir(parents=True, exist_ok=True)

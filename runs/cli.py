@@ -12,6 +12,7 @@ import numpy as np
 from rich.table import Table
 
 import search_space as ss
+from runs.cache_cli import cache_group
 from runs.errors import UserError
 from runs.errors import console_err as _err
 from runs.errors import console_out as _out
@@ -40,6 +41,7 @@ cli.add_command(search_cmd)
 cli.add_command(run_cmd)
 cli.add_command(report_cmd)
 cli.add_command(netadapt_cmd)
+cli.add_command(cache_group)
 
 
 # ---- bneck space ------------------------------------------------------------------------------------

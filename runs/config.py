@@ -63,7 +63,11 @@ class RunConfig(BaseModel):
     threads: int | None = Field(None, ge=1, le=256, description="torch threads per trial (default: cores/workers)")
     backend: Literal["local", "ray"] = "local"
     address: str | None = Field(None, description="Ray cluster: auto or HOST:PORT (default: start one)")
-    storage: str | None = Field(None, description="Optuna storage URL (default: sqlite in the run dir)")
+    storage: str | None = Field(None, description="Optuna storage URL (default: sqlite in the run dir); a password "
+                                "in it is used but never saved or printed")
+    study: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$",
+                              description="Optuna study name (default: the run dir's name and a random suffix); a "
+                                          "new run whose study exists in the storage is refused")
     seed: int = Field(0, ge=0, description="seeds the searcher and every training run")
     keep_weights: int = Field(5, ge=0, description="trained weights kept for the best N trials")
     progress: bool = Field(True, description="live progress table")
@@ -135,7 +139,10 @@ class RunConfig(BaseModel):
         return max(1, usable_cpus() // self.workers)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        """The config as saved in a run dir: complete, with the storage password redacted."""
+        doc = self.model_dump(mode="json")
+        doc["storage"] = redact_url(doc["storage"])
+        return yaml.safe_dump(doc, sort_keys=False)
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -181,10 +188,63 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
         raise ConfigError(where + _first_error(exc)) from None
 
 
+def redact_url(url: str | None) -> str | None:
+    """`url` with its password replaced by ***: what is saved, printed and written to run.json."""
+    if url is None or "@" not in url:
+        return url
+    try:
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+    except Exception:  # not parseable as a database URL: keep only the scheme and the part after the host's @
+        scheme, _, rest = url.partition("://")
+        return f"{scheme}://***@{rest.rpartition('@')[2]}"
+    return parsed.render_as_string(hide_password=True) if parsed.password else url
+
+
+def without_password(url: str | None) -> str | None:
+    """A saved (redacted) URL made usable again: no password, so that the driver reads it from PGPASSWORD or
+    ~/.pgpass (libpq) unless the user passes the URL again with `--storage`."""
+    if url is None or ":***@" not in url:
+        return url
+    return url.replace(":***@", "@", 1)
+
+
+# Fields a saved config may lack because older versions did not write them; every other field must be there.
+ADDED_FIELDS = ("steps", "study")
+LEGACY_STUDY = "bneck"  # the one study name of runs started before study names were per run
+
+
+def load_saved_config(path: Path) -> RunConfig:
+    """A run dir's config.yaml, which must be complete: an empty or cut-short file (a kill or a full disk while
+    it was written by an older version) would otherwise read as "all defaults" and resume another search."""
+    values = read_yaml(path)
+    missing = [k for k in RunConfig.model_fields if k not in values and k not in ADDED_FIELDS]
+    if missing:
+        what = "empty" if not values else f"incomplete (no {', '.join(missing[:3])}" + (
+            f" and {len(missing) - 3} more)" if len(missing) > 3 else ")")
+        raise ConfigError(f"config {path} is {what}: it was not written completely, so the run cannot be resumed "
+                          "as it was started; start a new run")
+    if "study" not in values:
+        values["study"] = LEGACY_STUDY
+    try:
+        return RunConfig.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError(f"config {path}: " + _first_error(exc)) from None
+
+
 def resume_config(saved: RunConfig, overrides: dict[str, Any]) -> RunConfig:
-    """The saved config of a run with the few settings a resume may change."""
+    """The saved config of a run with the few settings a resume may change. `--storage` may be given again to
+    supply the password that was not saved: it must be the saved URL apart from the password."""
     given = {k: v for k, v in overrides.items() if v is not None}
+    if "storage" in given:
+        if redact_url(given["storage"]) != redact_url(saved.storage):
+            raise ConfigError(f"storage: cannot change on resume (the run was started with {saved.storage!r})")
+    elif saved.storage is not None:
+        given["storage"] = without_password(saved.storage)
     for key, value in given.items():
+        if key == "storage":
+            continue
         if key not in RESUMABLE and getattr(saved, key, None) != value:
             raise ConfigError(f"{key}: cannot change on resume (the run was started with {getattr(saved, key)!r}; "
                               f"resumable: {', '.join(RESUMABLE)})")

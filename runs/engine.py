@@ -25,8 +25,9 @@ import latency as lat
 import search_space as ss
 import searchers as se
 from evaluators import ImageData, ProxyTrainer, load_data
+from evaluators.trainer import prune_eval_cache
 from latency.build import stale_kit
-from runs.config import RunConfig
+from runs.config import LEGACY_STUDY, RunConfig, redact_url
 from runs.executors import Executor, WorkerLost, make_executor, stop_on_signals
 from runs.rundir import (
     INTERRUPTED,
@@ -39,8 +40,8 @@ from runs.rundir import (
     trials_frame,
 )
 from runs.worker import TrialOutcome, TrialTask
+from search_space.paths import cache_dir
 
-STUDY_NAME = "bneck"
 log = logging.getLogger("bneck.run")
 
 
@@ -130,8 +131,37 @@ def open_study(setup: Setup, run: RunDir) -> optuna.Study:
     options = dict(c.searcher_options)
     sampler = se.make_sampler(c.searcher, setup.space, c.seed, latency=setup.latency, reward=setup.reward,
                               max_latency_ms=c.max_latency_ms, mode=c.mode, **options)
-    return optuna.create_study(storage=run.storage_url(c.storage), sampler=sampler, study_name=STUDY_NAME,
-                               directions=setup.objective.directions, load_if_exists=True)
+    try:
+        return optuna.create_study(storage=run.storage_url(c.storage), sampler=sampler, study_name=study_name(c),
+                                   directions=setup.objective.directions, load_if_exists=True)
+    except Exception as exc:
+        raise RunError(_storage_failure(c.storage, exc)) from None
+
+
+def study_name(config: RunConfig) -> str:
+    return config.study or LEGACY_STUDY
+
+
+def claim_study(setup: Setup, run: RunDir) -> None:
+    """Create a new run's study; refuse if the storage already holds one of that name (another run's: sharing
+    it would merge their trials and budgets, and each driver's recovery would fail the other's running trials)."""
+    c = setup.config
+    try:
+        optuna.create_study(storage=run.storage_url(c.storage), study_name=study_name(c),
+                            directions=setup.objective.directions, load_if_exists=False)
+    except optuna.exceptions.DuplicatedStudyError:
+        raise RunError(f"storage {redact_url(run.storage_url(c.storage))} already holds a study named "
+                       f"{study_name(c)!r} (another run's): choose another --study, or resume that run") from None
+    except Exception as exc:
+        raise RunError(_storage_failure(c.storage, exc)) from None
+
+
+def _storage_failure(storage: str | None, exc: Exception) -> str:
+    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    hint = ""
+    if storage is not None and "password" in first.lower():
+        hint = "; a password is never saved with the run: pass the URL again with --storage, or set PGPASSWORD"
+    return f"cannot open the study in {redact_url(storage) or 'the run dir'}: {first}{hint}"
 
 
 def recover(study: optuna.Study) -> int:
@@ -199,8 +229,8 @@ class Driver:
             "interrupted_reruns": self.lost, "target_ms": self.setup.target_ms,
             "table": str(self.setup.table_path), "space": c.space, "data": c.data,
             "num_classes": self.setup.data.num_classes, "resolution": c.resolution,
-            "latency_resolution": self.setup.table.resolution, "storage": self.run.storage_url(c.storage),
-            "study_name": STUDY_NAME, "best_trial": None if best is None else int(best["trial"]),
+            "latency_resolution": self.setup.table.resolution, "storage": redact_url(self.run.storage_url(c.storage)),
+            "study_name": study_name(c), "best_trial": None if best is None else int(best["trial"]),
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), "wall_s": time.time() - self.started})
         return frame
 
@@ -319,6 +349,10 @@ def run_search(setup: Setup, run: RunDir, on_update: Any = None) -> tuple[pd.Dat
             frame = driver.run_to_budget()
     finally:
         executor.close()
+    if c.eval_cache:  # every trial's weights were cached; the run keeps its best in RUN/weights
+        usage = prune_eval_cache(cache_dir())
+        if usage.removed:
+            log.info("eval cache: removed %d file(s), %.1f MB", usage.removed, usage.freed_bytes / 1e6)
     return frame, driver
 
 

@@ -42,7 +42,7 @@ class Start:
 
 def start_from_run(run_dir: Path, trial: int | None) -> Start:
     """A run's trial (default: its best) with the weights the run kept."""
-    from runs.config import RunConfig, read_yaml
+    from runs.config import load_saved_config
     from runs.outputs import _frame, _trial_row, trained_arch
     from runs.rundir import RunDir, RunError
 
@@ -53,7 +53,7 @@ def start_from_run(run_dir: Path, trial: int | None) -> Start:
     if not weights.is_file():
         raise RunError(f"trial {t} of {run.path} has no kept weights ({weights} missing; a run keeps the best "
                        "keep_weights trials): choose a trial with weights, or pass --arch SPEC --weights W.pt")
-    config = RunConfig.model_validate(read_yaml(run.config))
+    config = load_saved_config(run.config)
     return Start(trained_arch(run, str(row["arch"])), weights.read_bytes(),
                  Path(config.table) if config.table else None, config.data, config.resolution, config.seed,
                  config.device, f"{run.path} trial {t}")
@@ -120,7 +120,7 @@ def run_netadapt(start: Start, table_path: Path, out: Path, settings_kw: dict[st
     threads = threads or max(1, usable_cpus() // workers)
     settings = NetAdaptSettings(**{**settings_kw, "data": start.data, "resolution": start.resolution,
                                    "seed": start.seed, "device": start.device, "threads": threads})
-    identity = {"table": str(Path(table_path).resolve()), "start_weights_bytes": len(start.weights)}
+    identity = {"table": str(Path(table_path).resolve())}
     executor = make_executor(backend, workers, threads, address, start.device)
     bar = progress_bar(transient=True) if show_progress else None
     t0 = time.time()

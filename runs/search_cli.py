@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -17,8 +19,16 @@ import search_space as ss
 import searchers as se
 from evaluators import DataError, RecipeError
 from evaluators.trainer import DEFAULT_STEPS
-from runs.config import ConfigError, RunConfig, default_run_dir, load_config, resume_config
-from runs.engine import Driver, Setup, eta_s, make_setup, resolved, run_search
+from runs.config import (
+    ConfigError,
+    RunConfig,
+    default_run_dir,
+    load_config,
+    load_saved_config,
+    redact_url,
+    resume_config,
+)
+from runs.engine import Driver, Setup, claim_study, eta_s, make_setup, resolved, run_search
 from runs.errors import UserError, console_err, console_out
 from runs.executors import ExecutorError
 from runs.rundir import RunDir, RunError, best_row
@@ -69,19 +79,33 @@ def start_run(config: RunConfig | None, out: Path | None, resume: Path | None,
     """Resolve the config (new run or resume) and prepare the run dir; nothing is searched yet."""
     if resume is not None:
         run = RunDir(resume).require()
-        saved = load_config(run.config)
-        config = resume_config(saved, overrides)
-    else:
-        assert config is not None
-        run = RunDir(out if out is not None else default_run_dir(config, RUNS_DIR))
-        if run.exists():
-            raise RunError(f"{run.path} already holds a run: resume it with `bneck search --resume {run.path}` "
-                           "or choose another --out")
-    run.lock()
-    _setup_logging(run)
-    setup = make_setup(config, show_progress=config.progress)
-    setup.config = resolved(config, setup)
-    atomic_write(run.config, setup.config.to_yaml())
+        config = resume_config(load_saved_config(run.config), overrides)
+        run.lock()
+        _setup_logging(run)
+        setup = make_setup(config, show_progress=config.progress)
+        setup.config = resolved(config, setup)
+        atomic_write(run.config, setup.config.to_yaml())
+        return run, setup
+    assert config is not None
+    run = RunDir(out if out is not None else default_run_dir(config, RUNS_DIR))
+    if run.exists():
+        raise RunError(f"{run.path} already holds a run: resume it with `bneck search --resume {run.path}` "
+                       "or choose another --out")
+    created = not run.path.exists()
+    try:
+        run.lock()
+        _setup_logging(run)
+        setup = make_setup(config, show_progress=config.progress)
+        setup.config = resolved(config, setup)
+        if setup.config.study is None:  # unique per run: two runs on one storage never share a study
+            setup.config = setup.config.model_copy(update={"study": f"{run.path.name}-{secrets.token_hex(3)}"})
+        claim_study(setup, run)
+        atomic_write(run.config, setup.config.to_yaml())
+    except BaseException:
+        run.unlock()
+        if created:  # a failed start leaves nothing behind
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
     return run, setup
 
 
@@ -127,12 +151,14 @@ def summary(run: RunDir, setup: Setup) -> None:
         console_out.print(f"best: trial {int(best['trial'])}, top-1 {100 * best['accuracy']:.2f}% at "
                           f"{best['latency_ms']:.3f} ms predicted (reward {best['reward']:.4f}, {c.reward})")
         console_out.print(f"  {best['arch']}", markup=False, highlight=False, soft_wrap=True)
-    console_out.print(f"trials {run.trials} · front {run.pareto} · study {run.storage_url(c.storage)}",
+    console_out.print(f"trials {run.trials} · front {run.pareto} · study {c.study} in "
+                      f"{redact_url(run.storage_url(c.storage))}",
                       highlight=False)
 
 
 SEARCH_FLAGS = ("space", "table", "target_ms", "searcher", "trials", "data", "steps", "epochs", "workers", "backend",
-                "address", "seed", "storage", "threads", "resolution", "mode", "reward", "max_latency_ms", "name")
+                "address", "seed", "storage", "study", "threads", "resolution", "mode", "reward", "max_latency_ms",
+                "name")
 
 
 @click.command("search")
@@ -161,6 +187,7 @@ SEARCH_FLAGS = ("space", "table", "target_ms", "searcher", "trials", "data", "st
 @click.option("--backend", default=None, help="local | ray [default: local].")
 @click.option("--address", default=None, help="Ray cluster to join: auto or HOST:PORT [default: start one].")
 @click.option("--storage", default=None, help="Optuna storage URL [default: RUN/study.db].")
+@click.option("--study", default=None, help="Optuna study name [default: the run dir's name + a random suffix].")
 @click.option("--name", default=None, help="Run name, the run dir prefix [default: search].")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Run dir [default: ./bneck_runs/NAME-TIMESTAMP].")

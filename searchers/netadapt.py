@@ -18,6 +18,7 @@ is what a worker runs.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import math
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from search_space import Arch, Bneck, SpecError
+from search_space.paths import atomic_write
 from search_space.surgery import prune_expand, prune_group, residual_group_of, shrink_expand, shrink_group
 
 SELECTIONS = ("ratio", "accuracy")
@@ -397,12 +399,14 @@ class NetAdapt:
                                                 "metrics.json": _json(it.metrics)})
 
     # ---- state file: what was asked; a resume must ask the same ----
-    def _state(self, start: Arch) -> dict[str, Any]:
-        return {"settings": self.settings.to_dict(), "start_arch": start.to_string(), **self.identity}
+    def _state(self, start: Arch, weights: bytes) -> dict[str, Any]:
+        # the weights' hash, not their length: any retrained start of one arch has the same byte count
+        return {"settings": self.settings.to_dict(), "start_arch": start.to_string(),
+                "start_weights_sha256": hashlib.sha256(weights).hexdigest(), **self.identity}
 
-    def _check_state(self, start: Arch) -> None:
+    def _check_state(self, start: Arch, weights: bytes) -> None:
         path = self.out / STATE_FILE
-        want = self._state(start)
+        want = self._state(start, weights)
         if path.is_file():
             have = json.loads(path.read_text())
             for key in sorted(set(want) | set(have)):
@@ -413,13 +417,14 @@ class NetAdapt:
                         k = diff[0]
                         raise NetAdaptError(f"{self.out} holds a NetAdapt run with {k}={a.get(k)!r}; this one asks "
                                             f"{k}={b.get(k)!r}: resume with the same settings or use another --out")
+                elif key == "start_weights_sha256" and a != b:
+                    raise NetAdaptError(f"{self.out} holds a NetAdapt run that started from other weights (sha256 "
+                                        f"{str(a)[:12]}, these are {str(b)[:12]}): use another --out")
                 elif a != b:
                     raise NetAdaptError(f"{self.out} holds a NetAdapt run of another {key} ({a!r}); use another --out")
             return
         self.out.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(_json(want))
-        os.replace(tmp, path)
+        atomic_write(path, _json(want))
 
     # ---- run ----
     def _job(self, index: int, arch: Arch, weights: bytes, iteration: int, train: bool = True,
@@ -439,7 +444,7 @@ class NetAdapt:
         """Run (or resume) to the target, then the long-term fine-tune; returns the summary (also result.json)."""
         s = self.settings
         result_path = self.out / "result.json"
-        self._check_state(start_arch)
+        self._check_state(start_arch, start_weights)
         if result_path.is_file():
             summary = json.loads(result_path.read_text())
             self.on_event("finished_before", summary)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -171,3 +172,29 @@ def test_default_budget_learns_a_small_folder_well_above_chance(tmp_path, monkey
     out = json.loads(result.output.strip().splitlines()[-1])
     assert out["steps"] == DEFAULT_STEPS
     assert out["top1"] >= 0.7, out  # chance is 10%; measured 95.5%
+
+
+def test_eval_cache_prune_keeps_results_and_the_newest_weights(tmp_path, digits, small_arch):
+    """Weights beyond the cap go, oldest first; results stay (a repeat still skips the training); a pruned
+    weights file is a miss that retrains, not an error; temp files of dead writers go."""
+    from evaluators.trainer import prune_eval_cache
+
+    trainer = ProxyTrainer(TINY, cache_dir=tmp_path)
+    for seed in (0, 1, 2):
+        trainer.evaluate(small_arch, digits, seed=seed, return_model=True)
+    evals = tmp_path / "evals"
+    pts = sorted(evals.glob("*.pt"), key=lambda p: p.stat().st_mtime)
+    for age, p in enumerate(reversed(pts)):  # distinct ages: seed 0 oldest
+        os.utime(p, (1000.0 - age, 1000.0 - age))
+    (evals / ".x.json.abc.tmp").write_text("{")
+    os.utime(evals / ".x.json.abc.tmp", (0, 0))
+    size = pts[0].stat().st_size
+    usage = prune_eval_cache(tmp_path, weights_cap_bytes=size + size // 2, now=10_000.0)
+    assert (usage.results, usage.weights, usage.removed) == (3, 1, 3)  # 2 weights + the stale temp file
+    assert not (evals / ".x.json.abc.tmp").exists() and len(list(evals.glob("*.pt"))) == 1
+    assert trainer.evaluate(small_arch, digits, seed=0).cached  # the result is still there
+    again = trainer.evaluate(small_arch, digits, seed=0, return_model=True)  # its weights are not: retrain
+    assert not again.cached and hasattr(again, "model")
+    result = CliRunner().invoke(cli, ["cache", "prune", "--max-gb", "0", "--json"], env={"BNECK_CACHE": str(tmp_path)})
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["weights"] == 0 and not list(evals.glob("*.pt"))

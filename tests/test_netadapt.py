@@ -264,6 +264,21 @@ def test_finished_run_is_not_redone(net, finished):
     assert (finished["out"] / "result.json").stat().st_mtime_ns == before
 
 
+def test_a_retrained_start_is_not_taken_for_the_finished_run(net, finished, tmp_path):
+    """Same arch, other weights (the same byte count once loaded and serialized, which is what the state held
+    before): refused, not "already finished" (the state holds a hash)."""
+    import torch
+
+    state = torch.load(net["weights"], weights_only=True)
+    other = {k: (v + 0.01 if v.is_floating_point() else v) for k, v in state.items()}
+    path = tmp_path / "retrained.pt"
+    torch.save(other, path)
+    args = cli_args(net, finished["out"], finished["target"])
+    args[args.index(str(net["weights"]))] = str(path)
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 2 and "started from other weights" in res.output, res.output
+
+
 def _children(pid: int) -> list[int]:
     out = []
     for stat in Path("/proc").glob("[0-9]*/stat"):

@@ -57,6 +57,10 @@ def env(tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "BNECK_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
 
 
+def study_of(run: Path) -> str:
+    return yaml.safe_load((run / "config.yaml").read_text())["study"]
+
+
 def trials(run: Path) -> pd.DataFrame:
     return pd.read_parquet(run / "trials.parquet")
 
@@ -168,7 +172,7 @@ def children(pid: int) -> list[int]:
 def interrupted_trials(run: Path) -> list:
     import optuna
 
-    study = optuna.load_study(study_name="bneck", storage=f"sqlite:///{run / 'study.db'}")
+    study = optuna.load_study(study_name=study_of(run), storage=f"sqlite:///{run / 'study.db'}")
     return [t for t in study.trials if t.user_attrs.get("interrupted")]
 
 
@@ -227,6 +231,76 @@ def test_ctrl_c_keeps_finished_trials_and_says_how_to_resume(tiny, tmp_path):
     assert set(done["trial"]) <= set(frame["trial"])
 
 
+def test_two_runs_on_one_storage_never_share_a_study(tiny, tmp_path):
+    """Each run gets its own study (saved in config.yaml); a new run naming an existing study is refused and
+    leaves nothing behind; the first run's trials are untouched."""
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    runner = CliRunner()
+    cfg = write_config(tiny, tmp_path / "run.yaml", trials=2, storage=url)
+    for name in ("a", "b"):
+        res = runner.invoke(cli, ["search", "--config", str(cfg), "--out", str(tmp_path / name)], env=env(tmp_path))
+        assert res.exit_code == 0, res.output
+    names = {study_of(tmp_path / "a"), study_of(tmp_path / "b")}
+    assert len(names) == 2 and all(n.startswith(("a-", "b-")) for n in names)
+    for name in ("a", "b"):  # each ran its own reference trial and its own budget
+        study = optuna.load_study(study_name=study_of(tmp_path / name), storage=url)
+        assert len(study.trials) == 2 and study.trials[0].user_attrs.get("reference")
+    res = runner.invoke(cli, ["search", "--config", str(cfg), "--study", study_of(tmp_path / "a"),
+                              "--out", str(tmp_path / "c")], env=env(tmp_path))
+    assert res.exit_code == 2 and "already holds a study named" in res.output, res.output
+    assert not (tmp_path / "c").exists()  # a failed start leaves no run dir
+    assert len(optuna.load_study(study_name=study_of(tmp_path / "a"), storage=url).trials) == 2
+    res = runner.invoke(cli, ["search", "--resume", str(tmp_path / "a"), "--trials", "3"], env=env(tmp_path))
+    assert res.exit_code == 0, res.output
+    assert len(optuna.load_study(study_name=study_of(tmp_path / "a"), storage=url).trials) == 3
+    assert len(optuna.load_study(study_name=study_of(tmp_path / "b"), storage=url).trials) == 2
+
+
+def test_a_failed_start_leaves_no_run_dir(tiny, tmp_path):
+    cfg = write_config(tiny, tmp_path / "run.yaml", data=str(tmp_path / "no_such_folder"))
+    res = CliRunner().invoke(cli, ["search", "--config", str(cfg), "--out", str(tmp_path / "r")], env=env(tmp_path))
+    assert res.exit_code == 2 and "no_such_folder" in res.output, res.output
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("cut", ["empty", "half"])
+def test_resume_refuses_an_empty_or_cut_short_saved_config(tiny, tmp_path, cut):
+    """A config.yaml cut short (a kill or a full disk while an older version rewrote it) must not resume as the
+    default search on the old study."""
+    cfg = write_config(tiny, tmp_path / "run.yaml", trials=1)
+    run = tmp_path / "run"
+    res = CliRunner().invoke(cli, ["search", "--config", str(cfg), "--out", str(run)], env=env(tmp_path))
+    assert res.exit_code == 0, res.output
+    text = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text("" if cut == "empty" else text[:len(text) // 2].rsplit("\n", 1)[0] + "\n")
+    res = CliRunner().invoke(cli, ["search", "--resume", str(run), "--trials", "2"], env=env(tmp_path))
+    assert res.exit_code == 2, res.output
+    assert ("is empty" if cut == "empty" else "is incomplete") in res.output and "Traceback" not in res.output
+    assert len(trials(run)) == 1  # nothing ran
+
+
+def test_storage_password_is_used_but_never_saved_or_printed():
+    from runs.config import redact_url, without_password
+
+    url = "postgresql+psycopg://bneck:s3cret@db.example:5432/nas?sslmode=require"
+    assert "s3cret" not in redact_url(url) and "bneck:***@db.example:5432/nas" in redact_url(url)
+    assert redact_url("sqlite:///x/study.db") == "sqlite:///x/study.db"
+    saved = RunConfig(storage=url)
+    assert "s3cret" not in saved.to_yaml()
+    again = load_config_text(saved.to_yaml())
+    assert resume_config(again, {}).storage == "postgresql+psycopg://bneck@db.example:5432/nas?sslmode=require"
+    assert resume_config(again, {"storage": url}).storage == url  # the password given again on resume
+    assert without_password(None) is None
+    with pytest.raises(ConfigError, match="storage: cannot change on resume"):
+        resume_config(again, {"storage": "postgresql+psycopg://bneck:s3cret@other/nas"})
+
+
+def load_config_text(text: str) -> RunConfig:
+    return RunConfig.model_validate(yaml.safe_load(text))
+
+
 def test_a_second_driver_on_the_same_run_is_refused(tiny, tmp_path):
     from runs.rundir import RunDir, RunError
 
@@ -256,13 +330,20 @@ def test_same_seed_same_search(tiny, tmp_path):
 def test_two_worker_search_on_postgresql_loses_and_duplicates_nothing(tiny, tmp_path, postgres_url):
     import optuna
 
-    cfg = write_config(tiny, tmp_path / "run.yaml", trials=6, workers=2, threads=1, storage=postgres_url)
+    secret_url = postgres_url.replace("://bneck@", "://bneck:s3cret@")  # trust auth: the server ignores it
+    assert secret_url != postgres_url
+    cfg = write_config(tiny, tmp_path / "run.yaml", trials=5, workers=2, threads=1, storage=secret_url)
     res = subprocess.run([*BNECK, "search", "--config", str(cfg), "--out", str(tmp_path / "run")],
                          env=env(tmp_path), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
+    res2 = resume(tmp_path, tmp_path / "run", "--trials", "6")  # the saved URL has no password: libpq's turn
+    assert res2.returncode == 0, res2.stderr
+    for text in (res.stdout, res.stderr, res2.stdout, res2.stderr,
+                 *(p.read_bytes().decode(errors="replace") for p in (tmp_path / "run").rglob("*") if p.is_file())):
+        assert "s3cret" not in text  # the storage password is never printed or written
     frame = assert_exact_budget(tmp_path / "run", 6)
     assert not (tmp_path / "run" / "study.db").exists()  # the study lives in PostgreSQL
-    study = optuna.load_study(study_name="bneck", storage=postgres_url)
+    study = optuna.load_study(study_name=study_of(tmp_path / "run"), storage=postgres_url)
     assert sorted(t.number for t in study.trials) == list(range(6))
     assert sorted(frame["trial"]) == list(range(6))
     assert len({t.user_attrs["arch"] for t in study.trials}) == len(frame["arch"].unique())
