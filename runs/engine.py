@@ -32,6 +32,7 @@ from runs.executors import Executor, WorkerLost, make_executor, stop_on_signals
 from runs.rundir import (
     INTERRUPTED,
     REFERENCE,
+    WORKER_LOSSES,
     RunDir,
     RunError,
     best_row,
@@ -177,22 +178,37 @@ def recover(study: optuna.Study) -> int:
     return n
 
 
+MAX_WORKER_LOSSES = 3  # an architecture whose worker dies this often (OOM, a crash in a kernel) fails for good
+
+
 def _requeue(study: optuna.Study, params: dict[str, Any], attrs: dict[str, Any]) -> None:
     """Queue an interrupted trial's architecture again. A trial stopped while its architecture was still being
     suggested (no `arch` yet) has partial params: nothing is queued, the sampler proposes a new trial instead."""
     if "arch" not in attrs:
         return
-    keep = {k: attrs[k] for k in (REFERENCE,) if k in attrs}
+    keep = {k: attrs[k] for k in (REFERENCE, WORKER_LOSSES) if k in attrs}
     study.enqueue_trial(params, user_attrs=keep, skip_if_exists=False)
 
 
-def _interrupt(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
+def _interrupt(study: optuna.Study, trial: optuna.Trial, reason: str) -> bool:
+    """A trial whose worker died: re-queued, unless its architecture has now lost MAX_WORKER_LOSSES workers
+    (counted across re-runs and driver restarts; a pool broken by another trial's death counts too, so the cap
+    is a few losses, not one). Then it is FAILED with the reason, uses its budget, and the search goes on.
+    Returns whether it was re-queued."""
+    losses = int(trial.user_attrs.get(WORKER_LOSSES, 0)) + 1
+    params = dict(trial.params)
+    attrs = {**trial.user_attrs, WORKER_LOSSES: losses}
+    if losses >= MAX_WORKER_LOSSES:
+        trial.set_user_attr(WORKER_LOSSES, losses)
+        trial.set_user_attr("fail_reason", f"its worker died {losses} times (last: {reason}); out of memory? "
+                                           "not re-queued again")
+        study.tell(trial, state=TrialState.FAIL)
+        return False
     trial.set_user_attr(INTERRUPTED, True)
     trial.set_user_attr("fail_reason", reason)
-    params = dict(trial.params)
-    attrs = dict(trial.user_attrs)
     study.tell(trial, state=TrialState.FAIL)
     _requeue(study, params, attrs)
+    return True
 
 
 class Driver:
@@ -287,8 +303,11 @@ class Driver:
             trial, pending = self.inflight.pop(handle)
             if isinstance(out, WorkerLost):
                 self.lost += 1
-                log.warning("trial %d: %s; it runs again", trial.number, out)
-                _interrupt(self.study, trial, str(out))
+                if _interrupt(self.study, trial, str(out)):
+                    log.warning("trial %d: %s; it runs again", trial.number, out)
+                else:
+                    log.error("trial %d: %s, %d times for its architecture: failed", trial.number, out,
+                              MAX_WORKER_LOSSES)
             elif isinstance(out, BaseException):
                 self.errors_in_row += 1
                 trial.set_user_attr("fail_reason", f"{type(out).__name__}: {out}")

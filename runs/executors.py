@@ -217,8 +217,12 @@ class RayExecutor:
             except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
                     ray.exceptions.OwnerDiedError, ray.exceptions.ObjectLostError) as exc:
                 out.append((ref, WorkerLost(f"Ray worker lost ({type(exc).__name__})")))
+            except ray.exceptions.OutOfMemoryError:  # Ray's memory monitor killed it: the driver caps re-runs
+                out.append((ref, WorkerLost("Ray killed the worker: out of memory")))
             except ray.exceptions.RayTaskError as exc:
                 out.append((ref, exc.as_instanceof_cause() if hasattr(exc, "as_instanceof_cause") else exc))
+            except ray.exceptions.RayError as exc:  # e.g. TaskUnschedulableError: this trial fails, with the reason
+                out.append((ref, RuntimeError(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}")))
         return out
 
     def close(self) -> None:

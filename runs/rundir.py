@@ -29,6 +29,7 @@ from search_space.paths import atomic_write
 
 INTERRUPTED = "interrupted"  # user attr of a trial whose worker or driver died; it is re-run, never counted
 REFERENCE = "reference"  # user attr of the enqueued preset (the reference point of reports)
+WORKER_LOSSES = "worker_losses"  # user attr: how often this architecture's worker died (re-queued trials carry it)
 TRIAL_COLUMNS = ("trial", "state", "arch", "arch_id", "accuracy", "latency_ms", "reward", "params", "madds",
                  "feasible", "duration_s", "worker", "reference", "fail_reason")
 

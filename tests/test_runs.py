@@ -301,6 +301,56 @@ def load_config_text(text: str) -> RunConfig:
     return RunConfig.model_validate(yaml.safe_load(text))
 
 
+def test_an_architecture_that_keeps_killing_its_worker_fails_and_the_search_goes_on(tiny, tmp_path, monkeypatch):
+    """OOM-like: the reference architecture's worker dies every time. It is re-run, then FAILED with the reason
+    after MAX_WORKER_LOSSES deaths (not re-queued forever), and the other trials fill the budget."""
+    import optuna
+
+    from runs.engine import MAX_WORKER_LOSSES, Driver, claim_study, enqueue_reference, make_setup, open_study
+    from runs.executors import WorkerLost
+    from runs.rundir import RunDir
+    from runs.worker import evaluate_task
+
+    monkeypatch.setenv("BNECK_CACHE", str(tmp_path / "cache"))
+    config = load_config(write_config(tiny, tmp_path / "run.yaml", trials=3, steps=1)).model_copy(
+        update={"study": "oom"})
+    setup = make_setup(config, show_progress=False)
+    doomed = setup.space.seed.replace(num_classes=10, resolution=32).to_string()
+
+    class Dying:
+        slots = 1
+
+        def __init__(self) -> None:
+            self.tasks: dict[int, object] = {}
+
+        def submit(self, task):
+            self.tasks[id(task)] = task
+            return id(task)
+
+        def wait(self, handles, timeout):
+            out = []
+            for h in handles:
+                task = self.tasks.pop(h)
+                out.append((h, WorkerLost("its worker process died") if task.arch == doomed else evaluate_task(task)))
+            return out
+
+        def close(self) -> None:
+            pass
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    claim_study(setup, run)
+    study = open_study(setup, run)
+    enqueue_reference(study, setup.space)
+    frame = Driver(setup, run, study, Dying()).run_to_budget()
+    trials_ = optuna.load_study(study_name="oom", storage=run.storage_url(None)).trials
+    doomed_trials = [t for t in trials_ if t.user_attrs.get("arch") == doomed]
+    assert len(doomed_trials) == MAX_WORKER_LOSSES
+    assert [t.user_attrs.get("interrupted", False) for t in doomed_trials] == [True] * (MAX_WORKER_LOSSES - 1) + [False]
+    assert "died 3 times" in doomed_trials[-1].user_attrs["fail_reason"]
+    assert (frame["state"] == "COMPLETE").sum() == 2 and (frame["state"] == "FAIL").sum() == 1  # budget 3
+
+
 def test_a_second_driver_on_the_same_run_is_refused(tiny, tmp_path):
     from runs.rundir import RunDir, RunError
 
