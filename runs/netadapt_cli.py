@@ -149,6 +149,8 @@ def run_netadapt(start: Start, table_path: Path, out: Path, settings_kw: dict[st
                            description=f"NetAdapt {info['latency_ms']:.3f} -> {info['target_ms']:.3f} ms")
         elif kind == "long":
             console_err.print(f"long-term fine-tune: {info['epochs']:g} epochs on the whole training split")
+        elif kind == "stopped":
+            console_err.print(f"[yellow]stopped[/]: {info['reason']}", highlight=False)
 
     na = NetAdapt(out, settings, latency, executor_evaluate(executor, bar), on_event, identity)
     try:
@@ -175,6 +177,8 @@ def print_summary(s: dict[str, Any]) -> None:
             f"{s['target_ms']:.3f}) in {s['iterations']} iterations; top-1 {100 * s['top1_before']:.2f}% -> "
             f"{100 * s['top1_after']:.2f}% after {s['long_epochs']:g} epochs of long-term fine-tune",
             highlight=False)
+        if s.get("stopped"):
+            console_out.print(f"[yellow]the target was not reached[/]: {s['stopped']}", highlight=False)
     for name in ("final/spec.json", "final/weights.pt", "final/model.onnx", "trajectory.parquet", "trajectory.png",
                  "result.json"):
         if (out / name).exists():
@@ -201,6 +205,12 @@ def print_summary(s: dict[str, Any]) -> None:
 @click.option("--long-lr", type=float, default=0.05, show_default=True)
 @click.option("--holdout", type=float, default=0.2, show_default=True,
               help="Part of the training split that ranks proposals.")
+@click.option("--max-cut", type=float, default=0.5, show_default=True,
+              help="Largest fraction of a slot's width one step may cut.")
+@click.option("--collapse-gap", type=float, default=0.05, show_default=True,
+              help="Never select a proposal this much top-1 below its iteration's best.")
+@click.option("--collapse-floor", type=float, default=0.8, show_default=True,
+              help="... or below this fraction of the start's holdout top-1.")
 @click.option("--data", default=None, help="With --arch: the data [default: builtin:digits].")
 @click.option("--resolution", type=int, default=None, help="With --arch: training resolution [default: the spec's].")
 @click.option("--seed", type=int, default=None, help="[default: the run's, or 0]")

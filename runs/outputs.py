@@ -247,7 +247,23 @@ def _netadapt_lines(run: RunDir) -> list[str]:
             f"**{r['final_predicted_ms']:.3f} ms** predicted (target {r['target_ms']:.3f} ms) in {r['iterations']} "
             f"iterations; top-1 {100 * r['top1_before']:.2f}% -> **{100 * r['top1_after']:.2f}%** after "
             f"{r['long_epochs']:g} epochs of long-term fine-tune. Files: `netadapt/final/` (spec.json, weights.pt, "
-            "model.onnx), `netadapt/trajectory.png`.", "", f"```\n{r['final_arch']}\n```"]
+            "model.onnx), `netadapt/trajectory.png`.", "", f"```\n{r['final_arch']}\n```",
+            *(["", f"**The target was not reached**: {r['stopped']}"] if r.get("stopped") else []),
+            *_trajectory_lines(run.path / "netadapt" / "trajectory.parquet")]
+
+
+def _trajectory_lines(path: Path) -> list[str]:
+    """Every iteration's chosen move and its held-out top-1 after the short fine-tune: the honest record of
+    what pruning did on the way (the long fine-tune at the end can hide a collapse on the way)."""
+    try:
+        traj = pd.read_parquet(path)
+    except (OSError, ValueError):
+        return []
+    lines = ["", "| iteration | move | predicted ms | held-out top-1 |", "|---|---|---|---|"]
+    for _, t in traj.iterrows():
+        lines.append(f"| {int(t['iteration'])} | {t['move'] or 'start'} | {t['latency_ms']:.3f} | "
+                     f"{100 * t['holdout_top1']:.2f}% |")
+    return lines
 
 
 def _reference_lines(refs: pd.DataFrame, best: pd.Series | None, label: str, cfg: dict[str, Any]) -> list[str]:

@@ -40,6 +40,9 @@ class NetAdaptStep(BaseModel):
     selection: Literal["ratio", "accuracy"] = "ratio"
     short_steps: int = Field(5, ge=0)
     long_epochs: float = Field(2.0, ge=0)
+    max_cut: float = Field(0.5, gt=0, le=1, description="largest fraction of a slot's width one step may cut")
+    collapse_gap: float = Field(0.05, gt=0, le=1, description="never select a proposal this far below the best")
+    collapse_floor: float = Field(0.8, ge=0, lt=1, description="... or below this fraction of the start's top-1")
     workers: int = Field(2, ge=1, description="proposals fine-tuned at once (the result does not depend on it)")
 
 
@@ -107,7 +110,8 @@ def _netadapt(run: RunDir, step: NetAdaptStep, best_ms: float, config: RunConfig
     start = start_from_run(run.path, None)
     target = step.target_ms if step.target_ms is not None else step.target_frac * best_ms
     settings = {"target_ms": target, "step_frac": step.step_frac, "decay": step.decay, "selection": step.selection,
-                "short_steps": step.short_steps, "long_epochs": step.long_epochs}
+                "short_steps": step.short_steps, "long_epochs": step.long_epochs, "max_cut": step.max_cut,
+                "collapse_gap": step.collapse_gap, "collapse_floor": step.collapse_floor}
     assert start.table is not None  # a run's saved config always names its table
     threads = max(1, config.worker_threads() * config.workers // step.workers)
     summary = run_netadapt(start, start.table, run.path / "netadapt", settings, step.workers, threads, "local",

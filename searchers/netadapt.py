@@ -43,6 +43,10 @@ class NetAdaptError(ValueError):
     """A NetAdapt setting or starting point is unusable (bad value, unreachable target, changed resume)."""
 
 
+class Collapsed(NetAdaptError):
+    """Every proposal of an iteration collapsed (see `collapsed`): NetAdapt stops at the last good network."""
+
+
 # ---- moves and proposals ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -104,15 +108,19 @@ class Proposal:
 
 
 def propose(arch: Arch, latency: Callable[[Arch], float], delta_ms: float,
-            current_ms: float | None = None) -> list[Proposal]:
+            current_ms: float | None = None, max_cut: float = 1.0) -> list[Proposal]:
     """One proposal per slot: the largest width whose predicted latency is <= current - delta_ms.
 
     Widths the surgery refuses (they would drop an expand conv or add a residual) are skipped; a slot with no
-    width meeting δ gives no proposal."""
+    width meeting δ gives no proposal, and neither does one that would need to cut more than `max_cut` of its
+    width in this one step (48 -> 8 channels in one move wrecks a network that a few fine-tune steps cannot
+    repair; smaller steps get there over several iterations, each fine-tuned)."""
     current = latency(arch) if current_ms is None else current_ms
     out: list[Proposal] = []
     for kind, blocks, width in slots(arch):
         for keep in _keeps(width):
+            if keep < (1.0 - max_cut) * width - 1e-9:
+                break
             move = Move(kind, blocks, width, keep)
             try:
                 new = move.arch(arch)
@@ -159,6 +167,9 @@ class NetAdaptSettings:
     batch_size: int = 64
     holdout: float = 0.2  # part of the training split that ranks proposals
     land_tol: float = 0.02  # last iteration: prefer proposals within this fraction below the target
+    max_cut: float = 0.5  # no proposal cuts a slot by more than this fraction of its width in one step
+    collapse_gap: float = 0.05  # never select a proposal more than this (top-1) below its iteration's best
+    collapse_floor: float = 0.8  # ... or below this fraction of the start network's holdout top-1
     max_iterations: int = 200
     data: str = "builtin:digits"
     resolution: int = 32
@@ -172,7 +183,9 @@ class NetAdaptSettings:
                   ("short_steps", self.short_steps >= 0), ("short_lr", self.short_lr > 0),
                   ("long_epochs", self.long_epochs >= 0), ("long_lr", self.long_lr > 0),
                   ("batch_size", self.batch_size >= 1), ("holdout", 0 < self.holdout < 1),
-                  ("land_tol", 0 <= self.land_tol < 1), ("max_iterations", self.max_iterations >= 1),
+                  ("land_tol", 0 <= self.land_tol < 1), ("max_cut", 0 < self.max_cut <= 1),
+                  ("collapse_gap", 0 < self.collapse_gap <= 1), ("collapse_floor", 0 <= self.collapse_floor < 1),
+                  ("max_iterations", self.max_iterations >= 1),
                   ("resolution", self.resolution >= 8), ("threads", self.threads >= 1)]
         for name, ok in checks:
             if not ok:
@@ -190,7 +203,8 @@ class NetAdaptSettings:
                 "batch_size": self.batch_size, "threads": self.threads}
 
     def long_recipe(self) -> dict[str, Any]:
-        return {"epochs": float(self.long_epochs), "min_steps": 1, "lr": self.long_lr, "warmup_fraction": 0.0,
+        budget = {"epochs": float(self.long_epochs)} if self.long_epochs > 0 else {"steps": 1}  # 0: scored only
+        return {**budget, "min_steps": 1, "lr": self.long_lr, "warmup_fraction": 0.0,
                 "batch_size": self.batch_size, "threads": self.threads}
 
     def to_dict(self) -> dict[str, Any]:
@@ -304,15 +318,26 @@ def evaluate_inline(jobs: Sequence[FineTuneJob]) -> list[FineTuneOutcome]:
 
 # ---- selection ---------------------------------------------------------------------------------------------
 
+def collapsed(rows: Sequence[dict[str, Any]], start_top1: float, gap: float, floor_frac: float) -> list[bool]:
+    """Which proposals collapsed: top-1 more than `gap` below the best proposal of the iteration, or below
+    `floor_frac` x the start network's top-1. The ratio rule rewards a big latency cut even at a big accuracy
+    loss (a fresh `make run` on digits cut a group 48 -> 8 channels at 47% top-1, and finally reached 10%); such
+    a proposal is never selected."""
+    ok = [r["top1"] for r in rows if not r["failed"]]
+    best = max(ok) if ok else 0.0
+    return [bool(r["failed"] or r["top1"] < best - gap or r["top1"] < floor_frac * start_top1) for r in rows]
+
+
 def select(rows: Sequence[dict[str, Any]], current_top1: float, current_ms: float, selection: str,
            landing: tuple[float, float] | None = None, landing_slack: float = 0.01) -> int | None:
-    """Index (into rows) of the winning proposal, or None when all failed.
+    """Index (into rows) of the winning proposal, or None when all failed or collapsed.
 
-    rows carry top1, loss, latency_ms, failed. `ratio`: max (top1 - current)/(current_ms - latency_ms), ties to
-    higher top1, then lower loss; `accuracy`: max top1, then lower loss. With `landing=(lo, hi)`, proposals whose
-    latency lies in [lo, hi] and whose top1 is within `landing_slack` of the best proposal's win over the others
-    (the last step lands near the target instead of cutting far below it, but never at a real accuracy cost)."""
-    ok = [i for i, r in enumerate(rows) if not r["failed"]]
+    rows carry top1, loss, latency_ms, failed and optionally collapsed (see `collapsed`; never selected).
+    `ratio`: max (top1 - current)/(current_ms - latency_ms), ties to higher top1, then lower loss; `accuracy`:
+    max top1, then lower loss. With `landing=(lo, hi)`, proposals whose latency lies in [lo, hi] and whose top1
+    is within `landing_slack` of the best proposal's win over the others (the last step lands near the target
+    instead of cutting far below it, but never at a real accuracy cost)."""
+    ok = [i for i, r in enumerate(rows) if not r["failed"] and not r.get("collapsed", False)]
     if landing is not None and ok:
         best_top1 = max(rows[i]["top1"] for i in ok)
         inside = [i for i in ok if landing[0] <= rows[i]["latency_ms"] <= landing[1]
@@ -473,23 +498,29 @@ class NetAdapt:
         elapsed_before = sum(m.get("wall_s", 0.0) for m in history)
         if start_ms <= s.target_ms:
             self.on_event("noop", {"start_ms": start_ms, "target_ms": s.target_ms})
+        stopped: str | None = None
         while current.metrics["latency_ms"] > s.target_ms:
             i = current.index + 1
             if i > s.max_iterations:
                 raise NetAdaptError(f"max_iterations {s.max_iterations} reached at "
                                     f"{current.metrics['latency_ms']:.3f} ms, above the target {s.target_ms:.3f} ms")
-            current = self._iterate(current, i, start_ms)
+            try:
+                current = self._iterate(current, i, start_ms, float(history[0]["holdout_top1"]))
+            except Collapsed as exc:  # the last good network is the result, and the summary says why
+                stopped = str(exc)
+                self.on_event("stopped", {"iteration": i, "reason": stopped})
+                break
             history.append(current.metrics)
         summary = self._finish(start_arch, start_ms, history, current, floor_ms,
-                               elapsed_before + time.perf_counter() - t0)
+                               elapsed_before + time.perf_counter() - t0, stopped)
         return summary
 
-    def _iterate(self, current: Iteration, i: int, start_ms: float) -> Iteration:
+    def _iterate(self, current: Iteration, i: int, start_ms: float, start_top1: float) -> Iteration:
         s = self.settings
         t0 = time.perf_counter()
         cur_ms = float(current.metrics["latency_ms"])
         delta = s.delta_ms(i, start_ms, cur_ms)
-        proposals = propose(current.arch, self.latency, delta, cur_ms)
+        proposals = propose(current.arch, self.latency, delta, cur_ms, s.max_cut)
         if not proposals:  # quantization: no single width meets δ; take the biggest cut each slot can make
             proposals = [p for p in (self._biggest_cut(current.arch, kind, blocks, width, cur_ms)
                                      for kind, blocks, width in slots(current.arch)) if p is not None]
@@ -509,12 +540,20 @@ class NetAdapt:
             rows.append({"iteration": i, "proposal": k, "move": p.move.label, **p.move.to_dict(),
                          "latency_ms": p.latency_ms, "top1": o.top1, "loss": o.loss, "failed": o.failed,
                          "reason": o.reason, "seconds": o.seconds})
+        for r, bad in zip(rows, collapsed(rows, start_top1, s.collapse_gap, s.collapse_floor), strict=True):
+            r["collapsed"] = bad and not r["failed"]
         landing = None
         if cur_ms - s.target_ms <= delta + 1e-12:  # this step can reach the target
             landing = (s.target_ms * (1 - s.land_tol), s.target_ms)
         win = select(rows, float(current.metrics["holdout_top1"]), cur_ms, s.selection, landing)
         if win is None:
-            raise NetAdaptError(f"every proposal of iteration {i} failed (first: {rows[0]['reason']})")
+            if all(r["failed"] for r in rows):
+                raise NetAdaptError(f"every proposal of iteration {i} failed (first: {rows[0]['reason']})")
+            best = max(r["top1"] for r in rows if not r["failed"])
+            raise Collapsed(f"every proposal of iteration {i} collapsed: the best reaches {100 * best:.1f}% "
+                                f"holdout top-1, below {100 * s.collapse_floor:.0f}% of the start's "
+                                f"{100 * start_top1:.1f}%; the target is out of reach without wrecking the network "
+                                "(raise the target or short_steps); stopped at {cur_ms:.3f} ms")
         for r in rows:
             r["selected"] = r["proposal"] == win
         chosen = proposals[win]
@@ -542,7 +581,7 @@ class NetAdapt:
         return None
 
     def _finish(self, start_arch: Arch, start_ms: float, history: list[dict[str, Any]], last: Iteration,
-                floor_ms: float, adapt_s: float) -> dict[str, Any]:
+                floor_ms: float, adapt_s: float, stopped: str | None = None) -> dict[str, Any]:
         s = self.settings
         t0 = time.perf_counter()
         self.write_trajectory(history)
@@ -560,12 +599,11 @@ class NetAdapt:
             "top1_before": first["val_top1"], "top1_after": out.top1, "val_loss_after": out.loss,
             "long_epochs": s.long_epochs if last.index > 0 else 0.0,
             "adapt_s": adapt_s, "long_s": time.perf_counter() - t0, "settings": s.to_dict(),
+            "reached_target": last.metrics["latency_ms"] <= s.target_ms, "stopped": stopped,
         }
         _atomic_dir(self.final_dir, {"spec.json": last.arch.to_json().encode(),
                                      "arch.txt": (last.arch.to_string() + "\n").encode(), "weights.pt": out.weights})
-        tmp = self.out / "result.json.tmp"
-        tmp.write_bytes(_json(summary))
-        os.replace(tmp, self.out / "result.json")
+        atomic_write(self.out / "result.json", _json(summary))
         self.on_event("finished", summary)
         return summary
 

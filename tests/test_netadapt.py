@@ -31,6 +31,7 @@ from searchers.netadapt import (
     NetAdaptError,
     NetAdaptSettings,
     _keeps,
+    collapsed,
     propose,
     select,
     slots,
@@ -43,7 +44,9 @@ SEED_ARCH = ss.Arch(ss.Stem(16, act="hswish"),
                     (ss.Bneck(3, 48, 24, 2, True, "relu"), ss.Bneck(3, 72, 24, 1, True, "relu"),
                      ss.Bneck(3, 96, 40, 2, True, "hswish")),
                     ss.Head(conv=64, hidden=None), num_classes=10, resolution=32)
-QUICK = ["--short-steps", "2", "--long-epochs", "0.25", "--step-frac", "0.05", "--threads", "1", "--no-progress"]
+# 2-step fine-tunes drop the tiny start network from 94% to ~66%: a floor of 30% lets it reach the target
+QUICK = ["--short-steps", "2", "--long-epochs", "0.25", "--step-frac", "0.05", "--threads", "1", "--no-progress",
+         "--collapse-floor", "0.3"]
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +171,46 @@ def test_selection_ratio_accuracy_and_landing():
     rows[2]["top1"] = 0.80  # ... but not when landing costs real accuracy
     assert select(rows, 0.95, 10.0, "ratio", landing=(9.4, 9.6)) == 0
     assert select([dict(rows[3])], 0.95, 10.0, "ratio") is None
+
+
+def test_collapsed_proposals_are_never_selected():
+    """The ratio rule's favourite here is a huge cut at a collapsed accuracy; it is excluded, by the gap to the
+    iteration's best and by the floor relative to the start."""
+    rows = [{"top1": 0.47, "loss": 2.0, "latency_ms": 3.0, "failed": False},  # -43 pts for 7 ms: best ratio
+            {"top1": 0.88, "loss": 0.5, "latency_ms": 9.8, "failed": False},  # -2 pts for 0.2 ms
+            {"top1": 0.86, "loss": 0.6, "latency_ms": 9.5, "failed": False},
+            {"top1": 0.99, "loss": 0.1, "latency_ms": 9.9, "failed": True}]
+    assert select(rows, 0.90, 10.0, "ratio") == 0  # what the ratio alone picks
+    flags = collapsed(rows, start_top1=0.90, gap=0.05, floor_frac=0.8)
+    assert flags == [True, False, False, True]
+    marked = [{**r, "collapsed": f} for r, f in zip(rows, flags, strict=True)]
+    assert select(marked, 0.90, 10.0, "ratio") == 2
+    assert collapsed(rows, start_top1=1.0, gap=0.5, floor_frac=0.87)[:3] == [True, False, True]  # the floor
+    assert select([{**r, "collapsed": True} for r in rows], 0.90, 10.0, "ratio") is None
+
+
+def test_no_proposal_cuts_more_than_max_cut_of_a_slot(net):
+    table, arch = net["table"], SEED_ARCH
+    current = table.predict_ms(arch)
+    cuts = [current - table.predict_ms(Move(k, b, w, 8).arch(arch)) for k, b, w in slots(arch)
+            if _accepts(arch, Move(k, b, w, 8))]
+    delta = 0.3 * max(cuts)  # some slot must cut deep for it, another needs less
+    free = propose(arch, table.predict_ms, delta)
+    capped = propose(arch, table.predict_ms, delta, max_cut=0.5)
+    assert any(p.move.keep < 0.5 * p.move.width for p in free), free  # the cap changes something here
+    assert capped and all(p.move.keep >= 0.5 * p.move.width for p in capped)
+    assert {(p.move.kind, p.move.blocks) for p in capped} <= {(p.move.kind, p.move.blocks) for p in free}
+
+
+def test_netadapt_stops_at_the_last_good_network_when_every_proposal_collapses(net, tmp_path):
+    """A floor no proposal can meet: the result is the last good iteration, and it says the target was missed."""
+    target = 0.5 * net["table"].predict_ms(SEED_ARCH)
+    settings = NetAdaptSettings(target_ms=target, short_steps=1, long_epochs=0.0, step_frac=0.3, threads=1,
+                                collapse_floor=0.999)
+    summary = NetAdapt(tmp_path / "na", settings, net["table"].predict_ms).run(SEED_ARCH, state_bytes(net["model"]))
+    assert summary["iterations"] == 0 and not summary["reached_target"]
+    assert "collapsed" in summary["stopped"]
+    assert (tmp_path / "na" / "final" / "weights.pt").is_file()
 
 
 def test_holdout_split_is_disjoint_stratified_and_keeps_normalization():
