@@ -117,7 +117,19 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
     ap.add_argument("--rows", default=str(ROWS_FILE))
+    ap.add_argument("--report", action="store_true",
+                    help="summarize the rows measured so far (no training): the JSON says complete: false")
     args = ap.parse_args()
+    if args.report:
+        doc = json.loads(Path(args.rows).read_text())
+        rows = doc["rows"]
+        planned = len(archs_of(args.archs))
+        summary = summarize(rows, args.seeded)
+        summary["planned_archs"] = planned
+        summary["complete"] = summary["complete"] and len(rows) == planned
+        summary["rows"] = rows
+        print_summary(summary, write("proxy_fidelity", summary, args.out), Path(args.rows))
+        return
     t0 = time.perf_counter()
     data = load_data(DATA, resolution=RESOLUTION, seed=0)
     rows_path = Path(args.rows)
@@ -175,12 +187,17 @@ def main() -> None:
     summary = summarize(rows, args.seeded)
     summary["wall_s"] = time.perf_counter() - t0
     summary["rows"] = [{k: r[k] for k in ("label", "arch_id", "madds", "params", "proxy", "long")} for r in rows]
-    path = write("proxy_fidelity", summary, args.out)
+    print_summary(summary, write("proxy_fidelity", summary, args.out), rows_path)
+
+
+def print_summary(summary: dict[str, Any], path: Path, rows_path: Path) -> None:
     for steps, b in summary["budgets"].items():
         print(f"proxy {steps} steps: Kendall τ {b['kendall_tau']} vs long ({b['n']} archs), seed std {b['seed_std']}, "
               f"trial {b['trial_s_median']} s median")
-    print(f"long {LONG_STEPS} steps: seed std {summary['seed_std_long']}, self τ {summary['long_self_tau']}")
-    print(f"wrote {path} and {rows_path}")
+    print(f"long {LONG_STEPS} steps: seed std {summary['seed_std_long']}, self τ {summary['long_self_tau']}, "
+          f"top-1 range {summary['long_top1_range']}")
+    print(f"{summary['n_archs']} of {summary['planned_archs']} archs (complete: {summary['complete']}); "
+          f"wrote {path} and {rows_path}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,15 @@ class ConfigError(ValueError):
 
 # Settings a resumed run may change; everything else defines the search and is fixed once it started.
 PIPELINE_KEYS = ("exports", "netadapt")  # what `bneck run` does after the search (runs.pipeline)
-RESUMABLE = ("trials", "workers", "threads", "backend", "address", "keep_weights", "progress")
+RESUMABLE = ("trials", "workers", "threads", "backend", "address", "keep_weights", "progress", "confirm")
+
+
+class ConfirmConfig(BaseModel):
+    """After the budget: the top `top` trials and the reference trained `seeds` more times (runs.confirm)."""
+
+    model_config = ConfigDict(extra="forbid")
+    top: int = Field(3, ge=1, le=100, description="trials re-trained besides the reference")
+    seeds: int = Field(2, ge=0, le=20, description="extra training seeds per trial (0: off)")
 
 
 class RunConfig(BaseModel):
@@ -70,6 +78,9 @@ class RunConfig(BaseModel):
                                           "new run whose study exists in the storage is refused")
     seed: int = Field(0, ge=0, description="seeds the searcher and every training run")
     keep_weights: int = Field(5, ge=0, description="trained weights kept for the best N trials")
+    confirm: ConfirmConfig | None = Field(default_factory=ConfirmConfig,
+                                          description="re-train the best trials and the reference with more seeds; "
+                                                      "the best by mean (null: off)")
     progress: bool = Field(True, description="live progress table")
 
     @field_validator("space")
@@ -211,7 +222,7 @@ def without_password(url: str | None) -> str | None:
 
 
 # Fields a saved config may lack because older versions did not write them; every other field must be there.
-ADDED_FIELDS = ("steps", "study")
+ADDED_FIELDS = ("steps", "study", "confirm")
 LEGACY_STUDY = "bneck"  # the one study name of runs started before study names were per run
 
 

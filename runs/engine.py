@@ -28,6 +28,7 @@ from evaluators import ImageData, ProxyTrainer, load_data
 from evaluators.trainer import prune_eval_cache
 from latency.build import stale_kit
 from runs.config import LEGACY_STUDY, RunConfig, redact_url
+from runs.confirm import confirm
 from runs.executors import Executor, WorkerLost, make_executor, stop_on_signals
 from runs.rundir import (
     INTERRUPTED,
@@ -35,7 +36,7 @@ from runs.rundir import (
     WORKER_LOSSES,
     RunDir,
     RunError,
-    best_row,
+    best_trial,
     counted,
     pareto_doc,
     trials_frame,
@@ -190,12 +191,13 @@ def _requeue(study: optuna.Study, params: dict[str, Any], attrs: dict[str, Any])
     study.enqueue_trial(params, user_attrs=keep, skip_if_exists=False)
 
 
-def _interrupt(study: optuna.Study, trial: optuna.Trial, reason: str) -> bool:
+def _interrupt(study: optuna.Study, trial: optuna.Trial, reason: str, count: bool = True) -> bool:
     """A trial whose worker died: re-queued, unless its architecture has now lost MAX_WORKER_LOSSES workers
     (counted across re-runs and driver restarts; a pool broken by another trial's death counts too, so the cap
     is a few losses, not one). Then it is FAILED with the reason, uses its budget, and the search goes on.
+    A trial stopped by the driver (Ctrl-C, SIGTERM) is re-queued with `count=False`: not its architecture's fault.
     Returns whether it was re-queued."""
-    losses = int(trial.user_attrs.get(WORKER_LOSSES, 0)) + 1
+    losses = int(trial.user_attrs.get(WORKER_LOSSES, 0)) + int(count)
     params = dict(trial.params)
     attrs = {**trial.user_attrs, WORKER_LOSSES: losses}
     if losses >= MAX_WORKER_LOSSES:
@@ -237,7 +239,6 @@ class Driver:
         frame = self.frame()
         self.run.write_trials(frame)
         self.run.write_json(self.run.pareto, pareto_doc(frame))
-        best = best_row(frame)
         c = self.setup.config
         self.run.write_json(self.run.run_json, {
             "status": status, "budget": c.trials, "finished": int(len(frame) - (frame["state"] == "RUNNING").sum()),
@@ -246,7 +247,7 @@ class Driver:
             "table": str(self.setup.table_path), "space": c.space, "data": c.data,
             "num_classes": self.setup.data.num_classes, "resolution": c.resolution,
             "latency_resolution": self.setup.table.resolution, "storage": redact_url(self.run.storage_url(c.storage)),
-            "study_name": study_name(c), "best_trial": None if best is None else int(best["trial"]),
+            "study_name": study_name(c), "best_trial": best_trial(self.run, frame),
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), "wall_s": time.time() - self.started})
         return frame
 
@@ -254,9 +255,9 @@ class Driver:
         keep_n = self.setup.config.keep_weights
         ok = frame[frame["reward"].notna()].sort_values("reward", ascending=False)
         keep = set(ok["trial"].head(keep_n)) | set(frame.loc[frame["reference"], "trial"])
-        b = best_row(frame)
+        b = best_trial(self.run, frame)
         if b is not None:
-            keep.add(int(b["trial"]))
+            keep.add(b)
         if self.run.weights.is_dir():
             for f in self.run.weights.glob("trial_*.pt"):
                 if int(f.stem.removeprefix("trial_")) not in keep:
@@ -264,10 +265,14 @@ class Driver:
 
     # ---- the loop ------------------------------------------------------------------------------------
     def _task(self, trial: optuna.Trial, arch: ss.Arch) -> TrialTask:
+        return self.task(trial.number, arch.to_string())
+
+    def task(self, number: int, arch: str, train_seed: int | None = None) -> TrialTask:
+        """What a worker runs for trial `number` (confirmation: the same with another training seed)."""
         c = self.setup.config
         recipe = dataclasses.asdict(c.training_recipe())
-        return TrialTask(trial.number, arch.to_string(), c.data, c.resolution, recipe, c.seed, c.device,
-                         c.eval_cache, c.keep_weights > 0)
+        return TrialTask(number, arch, c.data, c.resolution, recipe, c.seed, c.device, c.eval_cache,
+                         c.keep_weights > 0, train_seed)
 
     def _ask(self) -> None:
         trial = self.study.ask()
@@ -338,7 +343,7 @@ class Driver:
             if self.asking is not None:
                 stopped.append(self.asking)
             for trial in stopped:
-                _interrupt(self.study, trial, "driver stopped")
+                _interrupt(self.study, trial, "driver stopped", count=False)
             self.inflight.clear()
             self.write_outputs("interrupted")
             raise
@@ -366,6 +371,11 @@ def run_search(setup: Setup, run: RunDir, on_update: Any = None) -> tuple[pd.Dat
     try:
         with stop_on_signals():  # Ctrl-C / SIGTERM: running trials are re-queued by the next resume
             frame = driver.run_to_budget()
+            if driver.done() >= c.trials and c.confirm is not None and c.confirm.seeds > 0:
+                doc = confirm(run, frame, c, setup.reward, executor, driver.task)
+                if doc is not None:
+                    frame = driver.write_outputs("done")  # run.json's best trial is the confirmed one
+                    log.info("confirmed best: trial %s (pooled seed std %s)", doc["best_trial"], doc["pooled_std"])
     finally:
         executor.close()
     if c.eval_cache:  # every trial's weights were cached; the run keeps its best in RUN/weights

@@ -15,7 +15,7 @@ import yaml
 
 import search_space as ss
 from evaluators.trainer import DEFAULT_STEPS
-from runs.rundir import RunDir, RunError, atomic_write, best_row, pareto_rows, plain_value
+from runs.rundir import RunDir, RunError, atomic_write, best_row, best_trial, pareto_rows, plain_value
 
 
 def trained_arch(run: RunDir, arch_string: str) -> ss.Arch:
@@ -28,9 +28,11 @@ def trained_arch(run: RunDir, arch_string: str) -> ss.Arch:
 
 def write_best(run: RunDir) -> dict[str, Any] | None:
     """RUN/best/: spec.json and arch.txt of the best feasible trial, its trained weights when kept, and ONNX."""
-    best = best_row(_frame(run))
-    if best is None:
+    frame = _frame(run)
+    trial_no = best_trial(run, frame)
+    if trial_no is None:
         return None
+    best = frame[frame["trial"] == trial_no].iloc[0]
     trial = int(best["trial"])
     arch = trained_arch(run, str(best["arch"]))
     run.best.mkdir(parents=True, exist_ok=True)
@@ -115,7 +117,8 @@ def write_report(run: RunDir) -> tuple[Path, Path]:
         "latency_resolution": info.get("latency_resolution", cfg.get("latency_resolution")),
     }
     front = pareto_rows(frame)
-    best = best_row(frame)
+    best_t = best_trial(run, frame)
+    best = None if best_t is None else frame[frame["trial"] == best_t].iloc[0]
     refs = frame[frame["reference"]]
     label = f"{reference_label(ctx['space'])} (same recipe)"
     _plot(run.report_png, frame, done, front, best, refs, label, cfg, ctx)
@@ -212,6 +215,7 @@ def _markdown(run: RunDir, frame: pd.DataFrame, done: pd.DataFrame, front: pd.Da
                   f"```\n{best['arch']}\n```", "",
                   f"Trained weights: {f'`weights/trial_{t}.pt`' if kept else 'not kept'}. Export: "
                   f"`bneck export {run.path} --best --format onnx` (or json, torchscript, timm)."]
+    lines += _confirm_lines(run)
     lines += _netadapt_lines(run)
     lines += ["", "## Reference", ""]
     lines += _reference_lines(refs, best, label, cfg)
@@ -231,6 +235,28 @@ def _markdown(run: RunDir, frame: pd.DataFrame, done: pd.DataFrame, front: pd.Da
     reasons = frame.loc[frame["state"] == "FAIL", "fail_reason"].astype(str).str.slice(0, 100).value_counts()
     lines += [f"  - {n} x {reason or 'no reason recorded'}" for reason, n in reasons.head(5).items()]
     return "\n".join(lines) + "\n"
+
+
+def _confirm_lines(run: RunDir) -> list[str]:
+    """The confirmation (RUN/confirm.json): top-1 mean ± std over seeds of the best trials and the reference."""
+    try:
+        doc = json.loads((run.path / "confirm.json").read_text())
+    except (OSError, ValueError):
+        return []
+    n = 1 + len(doc.get("seeds", []))
+    lines = ["", "## Confirmation", "",
+             f"The top {doc['top']} trials and the reference, each trained {n} times (seeds: the search's and "
+             f"{', '.join(map(str, doc['seeds']))}), same data split and recipe. The best is the best reward of the "
+             f"mean top-1" + (f"; pooled seed std {100 * doc['pooled_std']:.2f} points" if doc.get("pooled_std")
+                              else "") + (" (still running)" if doc.get("status") != "done" else "") + ".", "",
+             "| trial | | predicted ms | top-1 mean ± std | trainings | reward of the mean |",
+             "|---|---|---|---|---|---|"]
+    for r in sorted(doc["rows"], key=lambda r: -r.get("reward_mean", 0.0)):
+        std = f" ± {100 * r['top1_std']:.2f}" if r.get("top1_std") is not None else ""
+        tag = "reference" if r["reference"] else ("**best**" if r["trial"] == doc.get("best_trial") else "")
+        lines.append(f"| {r['trial']} | {tag} | {r['latency_ms']:.3f} | {100 * r['top1_mean']:.2f}%{std} | "
+                     f"{len(r['top1_seeds'])} | {r['reward_mean']:.4f} |")
+    return lines
 
 
 def _netadapt_lines(run: RunDir) -> list[str]:

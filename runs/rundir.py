@@ -155,6 +155,21 @@ def pareto_rows(frame: pd.DataFrame) -> pd.DataFrame:
     return ok.loc[keep]
 
 
+def best_trial(run: RunDir, frame: pd.DataFrame) -> int | None:
+    """The run's best trial: confirmation's (best mean reward over seeds, RUN/confirm.json) once it finished,
+    else the best single training's (`best_row`)."""
+    path = run.path / "confirm.json"
+    if path.is_file():
+        try:
+            doc = json.loads(path.read_text())
+        except ValueError:
+            doc = {}
+        if doc.get("status") == "done" and doc.get("best_trial") is not None:
+            return int(doc["best_trial"])
+    b = best_row(frame)
+    return None if b is None else int(b["trial"])
+
+
 def best_row(frame: pd.DataFrame) -> pd.Series | None:
     """The best feasible trial by reward (ties: faster, then earlier)."""
     ok = frame[frame["reward"].notna() & frame["feasible"]]

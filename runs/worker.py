@@ -30,6 +30,7 @@ class TrialTask:
     device: str = "cpu"
     eval_cache: bool = True
     keep_weights: bool = False
+    train_seed: int | None = None  # another training seed on the same data split (confirmation); None: seed
 
 
 @dataclass
@@ -66,7 +67,8 @@ def evaluate_task(task: TrialTask) -> TrialOutcome:
     arch = ss.Arch.parse(task.arch).replace(resolution=data.resolution, num_classes=data.num_classes)
     trainer = ProxyTrainer(Recipe(**task.recipe), device=task.device,
                            cache_dir=cache_dir() if task.eval_cache else None)
-    result = trainer.evaluate(arch, data, seed=task.seed, return_model=task.keep_weights)
+    train_seed = task.seed if task.train_seed is None else task.train_seed
+    result = trainer.evaluate(arch, data, seed=train_seed, return_model=task.keep_weights)
     weights = None
     if task.keep_weights and not result.failed:
         buf = io.BytesIO()

@@ -48,7 +48,7 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
 def write_config(tiny: dict[str, Path], path: Path, **extra) -> Path:
     doc = {"space": str(tiny["space"]), "table": str(tiny["table"]), "latency_resolution": 32, "steps": 12,
            "trials": 4, "eval_cache": False, "progress": False, "keep_weights": 2, "searcher": "random",
-           "threads": 1} | extra
+           "threads": 1, "confirm": None} | extra
     path.write_text(yaml.safe_dump(doc))
     return path
 
@@ -349,6 +349,46 @@ def test_an_architecture_that_keeps_killing_its_worker_fails_and_the_search_goes
     assert [t.user_attrs.get("interrupted", False) for t in doomed_trials] == [True] * (MAX_WORKER_LOSSES - 1) + [False]
     assert "died 3 times" in doomed_trials[-1].user_attrs["fail_reason"]
     assert (frame["state"] == "COMPLETE").sum() == 2 and (frame["state"] == "FAIL").sum() == 1  # budget 3
+
+
+@pytest.mark.slow
+def test_confirmation_retrains_the_best_and_the_reference_and_resumes_after_kill_9(tiny, tmp_path):
+    """After the budget, the top trial and the reference get 2 more seeds each; the best is the best mean. A
+    kill -9 during confirmation loses no finished training: the resume trains only the missing ones."""
+    run = tmp_path / "run"
+    proc = start(tiny, tmp_path, run, trials=3, steps=120, confirm={"top": 1, "seeds": 2})
+    path = run / "confirm.json"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if path.is_file() and any(r["extra"] for r in json.loads(path.read_text())["rows"]):
+            break
+        if proc.poll() is not None:
+            pytest.fail(f"search ended before confirmation was under way: {proc.communicate()}")
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {(r["trial"], s): e for r in json.loads(path.read_text())["rows"] for s, e in r["extra"].items()}
+    assert before and json.loads(path.read_text())["status"] == "running"
+    res = resume(tmp_path, run)
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(path.read_text())
+    assert doc["status"] == "done" and len(doc["rows"]) == 2  # the top trial and the reference
+    assert {r["reference"] for r in doc["rows"]} == {True, False}
+    for r in doc["rows"]:
+        assert len(r["top1_seeds"]) == 3 and r["top1_mean"] == pytest.approx(sum(r["top1_seeds"]) / 3)
+        for s, e in r["extra"].items():
+            if (r["trial"], s) in before:
+                assert e == before[(r["trial"], s)]
+    log = (run / "logs" / "driver.log").read_text()
+    for r in doc["rows"]:
+        for s in doc["seeds"]:  # every training ran once: none lost, none repeated
+            assert log.count(f"confirm: trial {r['trial']} seed {s} ") == 1, log
+    best = next(r for r in doc["rows"] if not r["reference"])
+    assert doc["best_trial"] == best["trial"]
+    assert json.loads((run / "run.json").read_text())["best_trial"] == best["trial"]
+    report = CliRunner().invoke(cli, ["report", str(run)], env=env(tmp_path))
+    assert report.exit_code == 0, report.output
+    assert "## Confirmation" in (run / "report.md").read_text()
 
 
 def test_a_second_driver_on_the_same_run_is_refused(tiny, tmp_path):
