@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import click
-from pydantic import BaseModel, ConfigDict, Field
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from runs.config import ConfigError, RunConfig, default_run_dir, read_yaml
+from runs.config import ConfigError, RunConfig, _first_error, default_run_dir, load_saved_config, read_yaml
 from runs.errors import UserError, console_err, console_out
 from runs.rundir import RunDir
-from search_space.paths import RUNS_DIR
+from search_space.paths import RUNS_DIR, atomic_write
 
 # The main job: evolution with a small population, so that 12 trials are more than random sampling.
 MAIN_JOB: dict[str, Any] = {
@@ -58,10 +59,6 @@ class PipelineConfig(RunConfig):
 
 
 def load_pipeline(path: Path | None) -> PipelineConfig:
-    from pydantic import ValidationError
-
-    from runs.config import _first_error
-
     values = dict(MAIN_JOB) if path is None else read_yaml(path)
     try:
         return PipelineConfig.model_validate(values)
@@ -70,22 +67,58 @@ def load_pipeline(path: Path | None) -> PipelineConfig:
         raise ConfigError(where + _first_error(exc)) from None
 
 
-def run_pipeline(pipeline: PipelineConfig, out: Path | None) -> dict[str, Any]:
-    """Every step, with what it produced; each step's files are in the run dir before the next starts."""
-    from runs.outputs import export_trial, write_best, write_report
+PIPELINE_FILE = "pipeline.yaml"  # in the run dir: what `bneck run` does after the search, for --resume
+
+
+def run_pipeline(pipeline: PipelineConfig | None, out: Path | None, resume: Path | None = None) -> dict[str, Any]:
+    """Every step, with what it produced; each step's files are in the run dir before the next starts.
+
+    With `resume` (a run dir `bneck run` started), the saved pipeline continues: the search resumes (or is
+    already done), NetAdapt resumes from its last finished iteration with the same target, then export and
+    report. One process drives the run from the search to the report (the run dir's lock is held throughout)."""
     from runs.search_cli import execute, start_run, summary
 
     t0 = time.time()
-    config = pipeline.run_config()
-    run = RunDir(out if out is not None else default_run_dir(config, RUNS_DIR))
+    if resume is not None:
+        run = RunDir(resume).require()
+        saved = run.path / PIPELINE_FILE
+        if not saved.is_file():
+            raise ConfigError(f"{run.path} was not started by `bneck run` (no {PIPELINE_FILE}): resume it with "
+                              f"`bneck search --resume {run.path}`")
+        try:
+            extra = read_yaml(saved)
+            pipeline = PipelineConfig.model_validate({**load_saved_config(run.config).model_dump(), **extra})
+        except ValidationError as exc:
+            raise ConfigError(f"{saved}: " + _first_error(exc)) from None
+        config = pipeline.run_config()
+    else:
+        assert pipeline is not None
+        config = pipeline.run_config()
+        run = RunDir(out if out is not None else default_run_dir(config, RUNS_DIR))
     steps = 5 if pipeline.netadapt is not None else 4
     console_err.print(f"[bold]1/{steps} latency table[/] for {config.space} at {config.latency_resolution} px "
                       "(cached per device; built on first use)")
-    run_, setup = start_run(config, run.path, None, {})
-    console_err.print(f"    {setup.table_path} · target {setup.target_ms:.3f} ms (the space's preset)")
-    console_err.print(f"[bold]2/{steps} search[/]: {config.trials} trials of {config.searcher} on {config.data}")
-    execute(run_, setup)
-    summary(run_, setup)
+    run_, setup = start_run(None if resume is not None else config, run.path, resume, {})
+    try:
+        if resume is None:
+            atomic_write(run.path / PIPELINE_FILE, yaml.safe_dump(
+                pipeline.model_dump(mode="json", include={"exports", "netadapt"}), sort_keys=False))
+        console_err.print(f"    {setup.table_path} · target {setup.target_ms:.3f} ms (the space's preset)")
+        console_err.print(f"[bold]2/{steps} search[/]: {config.trials} trials of {config.searcher} on {config.data}")
+        execute(run_, setup, unlock=False, resume_command="bneck run --resume")
+        summary(run_, setup)
+        return _after_search(run, pipeline, config, steps, t0)
+    except KeyboardInterrupt:
+        console_err.print(f"interrupted: everything finished is kept in {run.path}; continue with "
+                          f"`bneck run --resume {run.path}`", soft_wrap=True, highlight=False)
+        raise SystemExit(130) from None
+    finally:
+        run_.unlock()
+
+
+def _after_search(run: RunDir, pipeline: PipelineConfig, config: RunConfig, steps: int, t0: float) -> dict[str, Any]:
+    from runs.outputs import export_trial, write_best, write_report
+
     files: dict[str, Any] = {"run": str(run.path), "trials": str(run.trials), "pareto": str(run.pareto)}
     best = write_best(run)
     files["best"] = str(run.best)
@@ -129,13 +162,20 @@ def _netadapt(run: RunDir, step: NetAdaptStep, best_ms: float, config: RunConfig
               help="A pipeline config (a run config plus `exports`); default: the embedded main job.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Run dir [default: ./bneck_runs/NAME-TIMESTAMP].")
-def run_cmd(config_file: Path | None, out: Path | None) -> None:
+@click.option("--resume", type=click.Path(path_type=Path), default=None,
+              help="Continue a `bneck run` in this dir after Ctrl-C or a kill (search, NetAdapt, export, report).")
+def run_cmd(config_file: Path | None, out: Path | None, resume: Path | None) -> None:
     """The main job: latency table -> search -> export -> report (defaults: digits, V3-Small space)."""
+    import optuna
+
     from runs.search_cli import USER_ERRORS
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        pipeline = load_pipeline(config_file)
-        files = run_pipeline(pipeline, out)
+        if resume is not None and (config_file is not None or out is not None):
+            raise ConfigError("--resume continues the run as it was started: no --config or --out with it")
+        pipeline = None if resume is not None else load_pipeline(config_file)
+        files = run_pipeline(pipeline, out, resume)
     except USER_ERRORS as exc:
         raise UserError(str(exc)) from None
     console_out.print(f"done in {files['wall_s']:.0f} s. Everything is in {files['run']}:")

@@ -109,8 +109,9 @@ def start_run(config: RunConfig | None, out: Path | None, resume: Path | None,
     return run, setup
 
 
-def execute(run: RunDir, setup: Setup) -> Driver:
-    """Run the search with live progress; Ctrl-C keeps every finished trial and says how to resume."""
+def execute(run: RunDir, setup: Setup, unlock: bool = True, resume_command: str = "bneck search --resume") -> Driver:
+    """Run the search with live progress; Ctrl-C keeps every finished trial and says how to resume. With
+    `unlock=False` the caller keeps the run dir's lock (`bneck run` holds it until its report)."""
     c = setup.config
     live = Live(console=console_err, refresh_per_second=2, transient=False) if c.progress else None
     last = [0.0]
@@ -130,12 +131,13 @@ def execute(run: RunDir, setup: Setup) -> Driver:
         if live is not None:
             live.stop()
         console_err.print(f"interrupted: finished trials are kept in {run.path}; continue with "
-                          f"`bneck search --resume {run.path}`", soft_wrap=True, highlight=False)
+                          f"`{resume_command} {run.path}`", soft_wrap=True, highlight=False)
         raise SystemExit(130) from None
     finally:
         if live is not None:
             live.stop()
-        run.unlock()
+        if unlock:
+            run.unlock()
     return driver
 
 

@@ -387,3 +387,40 @@ def test_bneck_run_prunes_the_best_trial_and_reports_it(net, tmp_path):
     assert res.exit_code == 0 and "already finished" in res.output, res.output
     res = CliRunner().invoke(cli, ["netadapt", "--run", str(run), "--trial", "7", "--target-ms", "1"])
     assert res.exit_code == 2 and "trial 7 is not in" in res.output
+
+
+@pytest.mark.slow
+def test_bneck_run_resumes_after_kill_9_during_netadapt(net, tmp_path):
+    """`bneck run --resume DIR` continues where a kill left the pipeline: the search is not redone, NetAdapt
+    goes on from its last finished iteration with the same target, then export and report."""
+    cfg = {"space": str(net["space"]), "table": str(net["table_path"]), "latency_resolution": 32, "steps": 69,
+           "trials": 2, "searcher": "random", "eval_cache": False, "progress": False, "threads": 1,
+           "exports": ["json"], "confirm": None,
+           "netadapt": {"target_frac": 0.8, "step_frac": 0.02, "short_steps": 5, "long_epochs": 0.1, "workers": 1,
+                        "collapse_floor": 0.3}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    env = {**os.environ, "BNECK_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.Popen([*BNECK, "run", "--config", str(tmp_path / "run.yaml"), "--out", str(run)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    first = run / "netadapt" / "iterations" / "001" / "metrics.json"
+    deadline = time.time() + 300
+    while not first.is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert first.is_file(), proc.stderr.read()
+    assert not (run / "netadapt" / "result.json").exists()  # killed mid-NetAdapt
+    trials_before = pd.read_parquet(run / "trials.parquet")
+    res = subprocess.run([*BNECK, "run", "--resume", str(run)], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    said = " ".join(res.stderr.split())  # rich wraps long lines
+    assert "resuming" in said and "after iteration" in said, said
+    assert "Using an existing study" not in said  # Optuna's own logging stays quiet
+    pd.testing.assert_frame_equal(pd.read_parquet(run / "trials.parquet")[["trial", "arch", "accuracy"]],
+                                  trials_before[["trial", "arch", "accuracy"]])
+    r = json.loads((run / "netadapt" / "result.json").read_text())
+    assert r["final_predicted_ms"] <= r["target_ms"] or r["stopped"]
+    assert "## NetAdapt" in (run / "report.md").read_text() and (run / "best" / "spec.json").is_file()
+    bad = CliRunner().invoke(cli, ["run", "--resume", str(run), "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "no --config or --out" in bad.output
