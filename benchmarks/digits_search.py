@@ -44,7 +44,7 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.perf_counter()
     doc = json.loads(DATA_FILE.read_text())
-    recipe = Recipe(**doc["recipe"])
+    recipe = Recipe.from_dict(doc["recipe"])  # the rows' own (epoch-based) recipe
     data = load_data("builtin:digits", resolution=doc["resolution"], seed=0)
     space = ss.mobilenet_v3_small_space(num_classes=data.num_classes, resolution=doc["resolution"])
     table, _ = load_table(args.table, ss.mobilenet_v3_small_space())

@@ -10,7 +10,7 @@ killed run also has the accuracy the same architecture gets in an uninterrupted 
 deterministic per seed, so a re-run that differed would be a corruption). tests/test_faults.py runs a few
 kills; this is the long version.
 
-Usage: python benchmarks/faults.py [--kills 10] [--budget 8] [--seed 0] [--out FILE]
+Usage: python benchmarks/faults.py [--kills 10] [--budget 12] [--seed 0] [--out FILE]
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 BNECK = [sys.executable, "-m", "runs.cli"]
+STARTUP_S = 6.0  # a driver's start-up here: interpreter, torch, table, data
 
 
 def tiny_setup(root: Path) -> dict[str, Path]:
@@ -76,7 +77,7 @@ def _complete(run: Path) -> dict[int, tuple[str, float]]:
 def inject(root: Path, kills: int, budget: int, seed: int, steps: int = 40, max_wait_s: float = 0.0,
            env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run the whole experiment under `root`; returns the measurements (see the module docstring). Kills land
-    uniformly in [1 s, `max_wait_s`] after each (re)start; 0: up to 90% of the uninterrupted run's duration."""
+    uniformly in [1 s, `max_wait_s`] after each (re)start; 0: up to STARTUP_S plus two trials' time."""
     env = {**os.environ, "BNECK_CACHE": str(root / "cache"), "PYTHONUNBUFFERED": "1", **(env or {})}
     paths = tiny_setup(root / "setup")
     cfg = write_config(paths, root / "run.yaml", budget, steps)
@@ -96,7 +97,8 @@ def inject(root: Path, kills: int, budget: int, seed: int, steps: int = 40, max_
         before = _complete(run)
         proc = subprocess.Popen([*BNECK, "search", *args], env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
-        wait = rng.uniform(1.0, max_wait_s if max_wait_s > 0 else 0.9 * reference_s)
+        # start-up (imports, table, data: a few s) plus about two trials: each round advances a trial or so
+        wait = rng.uniform(1.0, max_wait_s if max_wait_s > 0 else STARTUP_S + 2 * reference_s / budget)
         time.sleep(wait)
         ended = proc.poll() is not None
         if not ended:
@@ -129,7 +131,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--kills", type=int, default=10)
-    ap.add_argument("--budget", type=int, default=8)
+    ap.add_argument("--budget", type=int, default=12)
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)

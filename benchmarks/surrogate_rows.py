@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
     doc = json.loads(DATA_FILE.read_text())
-    recipe = Recipe(**doc["recipe"])
+    recipe = Recipe.from_dict(doc["recipe"])  # the rows' own (epoch-based) recipe
     data = load_data(doc["data"], resolution=doc["resolution"], seed=0)
     space = ss.mobilenet_v3_small_space(num_classes=data.num_classes, resolution=doc["resolution"])
     seen = {r["arch_id"] for r in doc["rows"]}

@@ -97,6 +97,18 @@ class Recipe:
         """The budget as a user would write it: '300 steps' or '3 epochs'."""
         return f"{self.steps} steps" if self.steps is not None else f"{self.epochs:g} epochs"
 
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> Recipe:
+        """A recipe from its dict, also from the epoch-based format before step budgets (`warmup_epochs`, no
+        floor): the same schedule (warm-up share = warmup_epochs / epochs, no floor), so old rows re-run alike."""
+        doc = dict(doc)
+        if "warmup_epochs" in doc:
+            warmup = float(doc.pop("warmup_epochs"))
+            epochs = float(doc.get("epochs") or 1.0)
+            doc.setdefault("warmup_fraction", min(warmup / epochs, 0.99) if epochs > 0 else 0.0)
+            doc.setdefault("min_steps", 1)
+        return cls(**doc)
+
     @property
     def recipe_hash(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]

@@ -98,6 +98,8 @@ def test_budget_is_steps_or_epochs_with_a_floor():
     assert Recipe(steps=400).warmup_steps(400) == 20
     with pytest.raises(RecipeError, match="steps or epochs, not both"):
         Recipe(steps=10, epochs=1.0)
+    old = Recipe.from_dict({"epochs": 3.0, "warmup_epochs": 1.0, "batch_size": 64})  # rows written before steps
+    assert old.total_steps(1437) == 69 and old.warmup_steps(69) == 23  # the old schedule, no floor
 
 
 def test_cuda_request_without_cuda_is_a_clear_error():

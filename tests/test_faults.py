@@ -3,6 +3,7 @@ seeded random moments, then resume: nothing finished lost, nothing counted twice
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -20,3 +21,44 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path):
     assert result["lost"] == []  # every trial COMPLETE before a kill is COMPLETE after, same accuracy
     assert result["unique_trials"] and result["counted"] == 4  # budget exact, nothing twice
     assert result["accuracy_differs"] == []  # re-runs give what an uninterrupted run gives
+
+
+@pytest.mark.slow
+def test_corrupt_run_files_are_a_clear_error_or_rebuilt_from_the_study(tmp_path):
+    """The study is the source of truth: a damaged trials.parquet or run.json is rewritten from it on resume
+    (nothing lost); a damaged study.db or table is one line and exit 2, never a silent fresh start."""
+    import shutil
+    import subprocess
+
+    import pandas as pd
+    from faults import BNECK, tiny_setup, write_config
+
+    env = {**os.environ, "BNECK_CACHE": str(tmp_path / "cache")}
+    paths = tiny_setup(tmp_path / "setup")
+    cfg = write_config(paths, tmp_path / "run.yaml", budget=2, steps=5)
+    run = tmp_path / "run"
+    res = subprocess.run([*BNECK, "search", "--config", str(cfg), "--out", str(run)], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    done = pd.read_parquet(run / "trials.parquet")[["trial", "arch", "accuracy"]]
+    for name, junk in (("trials.parquet", b"PAR1 not parquet"), ("run.json", b"{"), ("study.db", b"junk" * 64)):
+        copy = tmp_path / f"copy_{name}"
+        shutil.copytree(run, copy)
+        (copy / name).write_bytes(junk)
+        res = subprocess.run([*BNECK, "search", "--resume", str(copy), "--trials", "3"], env=env, capture_output=True,
+                             text=True, timeout=600)
+        if name == "study.db":
+            assert res.returncode == 2 and "cannot open the study" in res.stderr, res.stderr
+            assert "Traceback" not in res.stderr
+        else:
+            assert res.returncode == 0, res.stderr
+            frame = pd.read_parquet(copy / "trials.parquet")
+            assert len(frame) == 3  # the 2 finished trials kept, one more run
+            pd.testing.assert_frame_equal(frame[["trial", "arch", "accuracy"]].head(2), done)
+    (run / "trials.parquet").write_bytes(b"junk")
+    res = subprocess.run([*BNECK, "report", str(run)], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 2 and "not readable" in res.stderr
+    paths["table"].write_bytes(b"junk")
+    res = subprocess.run([*BNECK, "search", "--resume", str(run), "--trials", "3"], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 2 and "corrupt or not a bneck table" in res.stderr, res.stderr
