@@ -33,7 +33,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 BNECK = [sys.executable, "-m", "runs.cli"]
-STARTUP_S = 6.0  # a driver's start-up here: interpreter, torch, table, data
+STARTUP_S = 6.0  # start-up kills land in [0.5 s, this]: interpreter, torch, table, data, study
 
 
 def tiny_setup(root: Path) -> dict[str, Path]:
@@ -68,16 +68,27 @@ def _frame(run: Path) -> pd.DataFrame:
         return pd.DataFrame(columns=["trial", "state", "arch", "accuracy"])
 
 
+def _running(run: Path, since: float) -> bool:
+    """This driver shows a RUNNING trial: trials.parquet rewritten after `since` (the file a killed driver left
+    still shows its own RUNNING trial)."""
+    try:
+        if (run / "trials.parquet").stat().st_mtime <= since:
+            return False
+    except FileNotFoundError:
+        return False
+    return bool((_frame(run)["state"] == "RUNNING").any())
+
+
 def _complete(run: Path) -> dict[int, tuple[str, float]]:
     f = _frame(run)
     f = f[f["state"] == "COMPLETE"]
     return {int(t): (a, float(acc)) for t, a, acc in zip(f["trial"], f["arch"], f["accuracy"], strict=True)}
 
 
-def inject(root: Path, kills: int, budget: int, seed: int, steps: int = 40, max_wait_s: float = 0.0,
+def inject(root: Path, kills: int, budget: int, seed: int, steps: int = 40,
            env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run the whole experiment under `root`; returns the measurements (see the module docstring). Kills land
-    uniformly in [1 s, `max_wait_s`] after each (re)start; 0: up to STARTUP_S plus two trials' time."""
+    during start-up (1 in 5) or at a random moment of a running trial."""
     env = {**os.environ, "BNECK_CACHE": str(root / "cache"), "PYTHONUNBUFFERED": "1", **(env or {})}
     paths = tiny_setup(root / "setup")
     cfg = write_config(paths, root / "run.yaml", budget, steps)
@@ -97,17 +108,25 @@ def inject(root: Path, kills: int, budget: int, seed: int, steps: int = 40, max_
         before = _complete(run)
         proc = subprocess.Popen([*BNECK, "search", *args], env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
-        # start-up (imports, table, data: a few s) plus about two trials: each round advances a trial or so
-        wait = rng.uniform(1.0, max_wait_s if max_wait_s > 0 else STARTUP_S + 2 * reference_s / budget)
-        time.sleep(wait)
+        # one kill in five during start-up (imports, table, data, study), the others while a trial trains: once
+        # the driver shows a RUNNING trial, a random moment within about one trial's time
+        started, started_wall = time.perf_counter(), time.time()
+        phase = "startup" if rng.random() < 0.2 else "search"
+        if phase == "search":
+            while proc.poll() is None and time.perf_counter() - started < 600 and not _running(run, started_wall):
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.0, 1.5 * reference_s / budget))
+        else:
+            time.sleep(rng.uniform(0.5, STARTUP_S))
+        wait = time.perf_counter() - started
         ended = proc.poll() is not None
         if not ended:
             os.killpg(proc.pid, signal.SIGKILL)
         err = proc.communicate()[1]
         after = _complete(run)
         lost = [t for t in before if t not in after or after[t] != before[t]]
-        rounds.append({"kill": k, "after_s": round(wait, 2), "ended_before_kill": ended, "complete_before":
-                       len(before), "complete_after": len(after), "lost": lost,
+        rounds.append({"kill": k, "phase": phase, "after_s": round(wait, 2), "ended_before_kill": ended,
+                       "complete_before": len(before), "complete_after": len(after), "lost": lost,
                        "exit": proc.returncode, "stderr_tail": err.strip().splitlines()[-1:] if ended else []})
         if ended and len(after) >= budget:
             break
