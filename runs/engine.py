@@ -42,7 +42,7 @@ from runs.rundir import (
     trials_frame,
 )
 from runs.worker import TrialOutcome, TrialTask
-from search_space.paths import cache_dir
+from search_space.paths import atomic_write, cache_dir
 
 log = logging.getLogger("bneck.run")
 
@@ -296,10 +296,11 @@ class Driver:
             self.study.tell(trial, state=TrialState.FAIL)
         else:
             if outcome is not None and outcome.weights is not None:
-                self.run.weights.mkdir(exist_ok=True)
-                path = self.run.weights_of(trial.number)
-                path.with_suffix(".tmp").write_bytes(outcome.weights)
-                path.with_suffix(".tmp").replace(path)
+                try:
+                    self.run.weights.mkdir(exist_ok=True)
+                    atomic_write(self.run.weights_of(trial.number), outcome.weights)
+                except OSError as exc:  # a full disk costs the weights, never the finished trial's result
+                    log.warning("trial %d: its weights were not kept (%s)", trial.number, exc)
             self.study.tell(trial, values)
         self.recent_s.append(time.perf_counter() - pending.started)
 
@@ -342,10 +343,13 @@ class Driver:
             stopped = [trial for trial, _ in self.inflight.values()]
             if self.asking is not None:
                 stopped.append(self.asking)
-            for trial in stopped:
-                _interrupt(self.study, trial, "driver stopped", count=False)
-            self.inflight.clear()
-            self.write_outputs("interrupted")
+            try:  # best effort: with a full disk these writes fail too, and the next resume recovers instead
+                for trial in stopped:
+                    _interrupt(self.study, trial, "driver stopped", count=False)
+                self.inflight.clear()
+                self.write_outputs("interrupted")
+            except Exception as exc:  # the original error is what the user must see
+                log.error("could not record the interruption: %s", exc)
             raise
         return self.write_outputs("done")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import secrets
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import sqlalchemy.exc
 from rich.live import Live
 from rich.table import Table
 
@@ -29,7 +31,7 @@ from runs.config import (
     resume_config,
 )
 from runs.engine import Driver, Setup, claim_study, eta_s, make_setup, resolved, run_search
-from runs.errors import UserError, console_err, console_out
+from runs.errors import UserError, console_err, console_out, out_of_space
 from runs.executors import ExecutorError
 from runs.rundir import RunDir, RunError, best_row, best_trial
 from search_space.paths import RUNS_DIR, atomic_write
@@ -231,4 +233,14 @@ def search_cmd(config_file: Path | None, resume: Path | None, build_table: bool 
         write_best(run)
     except USER_ERRORS as exc:
         raise UserError(str(exc)) from None
+    except OSError as exc:
+        full = out_of_space(exc, f"`bneck search --resume {resume or out or 'RUN'}`")
+        if full is None:
+            raise
+        raise full from None
+    except sqlalchemy.exc.OperationalError as exc:  # SQLite's own ENOSPC: "database or disk is full"
+        if "disk is full" not in str(exc):
+            raise
+        raise out_of_space(OSError(errno.ENOSPC, "disk full", str(exc).split("\n")[0][:120]),
+                           f"`bneck search --resume {resume or out or 'RUN'}`") from None
     summary(run, setup)

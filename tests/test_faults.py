@@ -63,3 +63,41 @@ def test_corrupt_run_files_are_a_clear_error_or_rebuilt_from_the_study(tmp_path)
     res = subprocess.run([*BNECK, "search", "--resume", str(run), "--trials", "3"], env=env, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 2 and "corrupt or not a bneck table" in res.stderr, res.stderr
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_and_the_run_resumes_once_space_is_back(tmp_path):
+    """The run dir on a 450 KB tmpfs: trials go on without their weights, then the run ends with one line
+    (exit 1, no traceback, no temp files); after the disk grows, --resume finishes it with nothing lost."""
+    import subprocess
+
+    import pandas as pd
+    import yaml
+    from faults import BNECK, tiny_setup, write_config
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=450k", "tmpfs", str(disk)], capture_output=True,
+                           text=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mount.stderr.strip()[:100]}")
+    try:
+        env = {**os.environ, "BNECK_CACHE": str(tmp_path / "cache")}
+        cfg = write_config(tiny_setup(tmp_path / "setup"), tmp_path / "run.yaml", budget=12, steps=5)
+        cfg.write_text(yaml.safe_dump({**yaml.safe_load(cfg.read_text()), "keep_weights": 12}))
+        run = disk / "run"
+        res = subprocess.run([*BNECK, "search", "--config", str(cfg), "--out", str(run)], env=env,
+                             capture_output=True, text=True, timeout=600)
+        assert res.returncode == 1, res.stderr
+        assert "no space left on the device" in res.stderr and "Traceback" not in res.stderr, res.stderr
+        assert f"bneck search --resume {run}" in res.stderr
+        assert not [p for p in run.rglob("*") if p.name.endswith(".tmp")]
+        subprocess.run(["mount", "-o", "remount,size=8m", str(disk)], check=True)
+        res = subprocess.run([*BNECK, "search", "--resume", str(run)], env=env, capture_output=True, text=True,
+                             timeout=600)
+        assert res.returncode == 0, res.stderr
+        frame = pd.read_parquet(run / "trials.parquet")
+        assert len(frame) == 12 and set(frame["state"]) == {"COMPLETE"} and frame["trial"].is_unique
+        assert (run / "best" / "model.onnx").is_file()
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
