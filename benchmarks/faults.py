@@ -36,17 +36,24 @@ BNECK = [sys.executable, "-m", "runs.cli"]
 STARTUP_S = 6.0  # start-up kills land in [0.5 s, this]: interpreter, torch, table, data, study
 
 
+def tiny_space(name: str = "fault_space") -> Any:
+    """A two-stage space around a small seed at 32 px, 10 classes: trials train in a second or two."""
+    import search_space as ss
+
+    seed = ss.Arch(ss.Stem(8, act="hswish"),
+                   (ss.Bneck(3, 8, 8, 1, False, "relu"), ss.Bneck(3, 24, 16, 2, True, "hswish")),
+                   ss.Head(conv=32, hidden=64), num_classes=10, resolution=32)
+    return ss.space_around(name, seed, expand_ratios=(1.0, 3.0), width_ratios=(1.0, 1.5),
+                           kernels=(3, 5), depth_delta=1, num_classes=10, resolution=32)
+
+
 def tiny_setup(root: Path) -> dict[str, Path]:
-    """A two-stage space and a synthetic table of it (5 µs + MAdds/1e4 per layer)."""
+    """`tiny_space` and a synthetic table of it (5 µs + MAdds/1e4 per layer)."""
     import latency as lat
     import search_space as ss
 
     root.mkdir(parents=True, exist_ok=True)
-    seed = ss.Arch(ss.Stem(8, act="hswish"),
-                   (ss.Bneck(3, 8, 8, 1, False, "relu"), ss.Bneck(3, 24, 16, 2, True, "hswish")),
-                   ss.Head(conv=32, hidden=64), num_classes=10, resolution=32)
-    space = ss.space_around("fault_space", seed, expand_ratios=(1.0, 3.0), width_ratios=(1.0, 1.5),
-                            kernels=(3, 5), depth_delta=1, num_classes=10, resolution=32)
+    space = tiny_space()
     (root / "space.json").write_text(json.dumps(space.to_dict()))
     table = lat.LatencyTable.from_layer_us(space, 32, lambda cfg: 5.0 + ss.layer_cost(cfg)[1] / 1e4)
     table.save(root / "table.parquet")

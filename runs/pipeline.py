@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from runs.config import ConfigError, RunConfig, _first_error, default_run_dir, load_saved_config, read_yaml
-from runs.errors import UserError, console_err, console_out
+from runs.errors import UserError, console_err, console_out, out_of_space
 from runs.rundir import RunDir
 from search_space.paths import RUNS_DIR, atomic_write
 
@@ -178,6 +178,11 @@ def run_cmd(config_file: Path | None, out: Path | None, resume: Path | None) -> 
         files = run_pipeline(pipeline, out, resume)
     except USER_ERRORS as exc:
         raise UserError(str(exc)) from None
+    except OSError as exc:
+        full = out_of_space(exc, f"`bneck run --resume {resume or out or 'RUN'}`")
+        if full is None:
+            raise
+        raise full from None
     console_out.print(f"done in {files['wall_s']:.0f} s. Everything is in {files['run']}:")
     for key in ("trials", "pareto", "best", *[k for k in files if k.startswith(("export_", "netadapt_"))],
                 "report_png", "report_md"):

@@ -20,6 +20,9 @@ import yaml
 from click.testing import CliRunner
 from requires import unavailable
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from faults import tiny_space
+
 import latency as lat
 import search_space as ss
 from runs.cli import cli
@@ -34,11 +37,7 @@ FAST = lat.Protocol(warmup_runs=1, burst_runs=3, burst_min_s=0.0, passes=2, roun
 def tiny(tmp_path_factory) -> dict[str, Path]:
     """A two-stage space around a small seed and its latency table at 32 px."""
     d = tmp_path_factory.mktemp("tiny")
-    seed = ss.Arch(ss.Stem(8, act="hswish"),
-                   (ss.Bneck(3, 8, 8, 1, False, "relu"), ss.Bneck(3, 24, 16, 2, True, "hswish")),
-                   ss.Head(conv=32, hidden=64), num_classes=10, resolution=32)
-    space = ss.space_around("tiny_space", seed, expand_ratios=(1.0, 3.0), width_ratios=(1.0, 1.5),
-                            kernels=(3, 5), depth_delta=1, num_classes=10, resolution=32)
+    space = tiny_space("tiny_space")
     (d / "space.json").write_text(json.dumps(space.to_dict()))
     lat.build_table(space, 32, out=d / "table.parquet", n_calibration=3, protocol=FAST, workers=1,
                     show_progress=False)
