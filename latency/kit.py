@@ -30,6 +30,7 @@ from search_space import (
     onnx_bytes,
     preset,
 )
+from search_space.paths import atomic_write
 from search_space.surgery import shrink_expand, shrink_group
 
 
@@ -47,10 +48,7 @@ def _export_layer(args: tuple[dict[str, Any], str]) -> str:
 
     torch.set_num_threads(1)
     cfg = LayerConfig(**cfg_dict)
-    data = onnx_bytes(build_layer(cfg), layer_input_shape(cfg))
-    tmp = Path(path + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write(path, onnx_bytes(build_layer(cfg), layer_input_shape(cfg)), fsync=False)
     return path
 
 
@@ -60,10 +58,7 @@ def _export_net(args: tuple[str, str]) -> str:
 
     torch.set_num_threads(1)
     arch = Arch.parse(arch_text)
-    data = onnx_bytes(build_model(arch), (1, 3, arch.resolution, arch.resolution))
-    tmp = Path(path + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write(path, onnx_bytes(build_model(arch), (1, 3, arch.resolution, arch.resolution)), fsync=False)
     return path
 
 
@@ -238,8 +233,6 @@ def write_kit(out_dir: str | os.PathLike[str], space: SearchSpace, resolution: i
                     progress(done, total)
     manifest = {"format": KIT_FORMAT, "space": space.name, "space_info": space.to_dict(), "resolution": resolution,
                 "threads": threads, "protocol": asdict(protocol or Protocol()), "seed": seed, "entries": entries}
-    tmp = kit / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, kit / "manifest.json")
+    atomic_write(kit / "manifest.json", json.dumps(manifest, indent=1))
     shutil.copyfile(Path(__file__).with_name("protocol.py"), kit / "measure.py")
     return kit

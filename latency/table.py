@@ -26,6 +26,7 @@ import pandas as pd
 from latency.kit import layer_key
 from latency.protocol import PROTOCOL_NAME, STATISTIC, KitError, Protocol, estimate, fingerprint, read_manifest
 from search_space import Arch, Bneck, LayerConfig, SearchSpace, layer_cost, params
+from search_space.paths import atomic_write
 
 TABLE_FORMAT = "bneck-latency-table/2"
 _CFG_FIELDS = [f.name for f in fields(LayerConfig)]
@@ -440,9 +441,9 @@ class LatencyTable:
         p.parent.mkdir(parents=True, exist_ok=True)
         t = pa.Table.from_pandas(self.entries, preserve_index=False)
         t = t.replace_schema_metadata({**(t.schema.metadata or {}), b"bneck": json.dumps(self.meta).encode()})
-        tmp = p.with_name(p.name + ".tmp")
-        pq.write_table(t, tmp)
-        tmp.replace(p)
+        buf = pa.BufferOutputStream()
+        pq.write_table(t, buf)
+        atomic_write(p, buf.getvalue().to_pybytes())
         return p
 
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -167,9 +168,9 @@ def _plot(path: Path, frame: pd.DataFrame, done: pd.DataFrame, front: pd.DataFra
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right", fontsize=8)
         fig.tight_layout()
-        tmp = path.with_name(path.name + ".tmp")
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        atomic_write(path, buf.getvalue())
     finally:
         plt.close(fig)
 

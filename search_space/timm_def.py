@@ -29,6 +29,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from search_space.paths import atomic_write
 from search_space.spaces import residual_groups
 from search_space.spec import (
     Activation,
@@ -304,8 +305,6 @@ def export_timm(arch: Arch, path: str | os.PathLike[str]) -> dict[str, object]:
     doc = to_timm(arch)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    os.replace(tmp, out)
+    atomic_write(out, json.dumps(doc, indent=2) + "\n")
     return {"path": str(out), "format": "timm", "arch_id": arch.arch_id, "bytes": out.stat().st_size,
             "model": doc["model"], "mismatches": doc["mismatches"]}

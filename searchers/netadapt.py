@@ -638,8 +638,8 @@ def plot_trajectory(traj: Any, target_ms: float, path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
+    atomic_write(path, buf.getvalue())
     return path
