@@ -12,8 +12,8 @@ and the first SEEDED of them again with seed 1 at every budget, which measures t
 top-1 from the seed pairs) and the ceiling any proxy can reach (Kendall τ of the long training with itself).
 Zero-cost proxies are scored against the long top-1 as well.
 
-The work is ordered so that a partial run is already useful (proxy + long of every arch first, then the other
-budget, then the seeds), every training lands in the evaluation cache and the rows file is rewritten after each
+The work is ordered so that a partial run is already useful (every budget and the long training of one arch
+after the other, then the seeds), every training lands in the evaluation cache and the rows file is rewritten after each
 one, so an interrupted run resumes where it stopped. Rows: benchmarks/data/fashion_small_space_rows.json (reused by
 the other fashion benchmarks). Hours of CPU on 2 cores; `--archs 4 --seeded 2` is a quick look.
 
@@ -170,17 +170,15 @@ def main() -> None:
               f"({res.train_s:.0f} s)", flush=True)
 
     default, other = DEFAULT_STEPS, [s for s in PROXY_STEPS if s != DEFAULT_STEPS]
-    for i, row in enumerate(rows):  # phase 1: the default proxy and the truth for every arch
+    for i, row in enumerate(rows):  # phase 1: every proxy budget and the truth for every arch
         print(f"[{i + 1}/{len(rows)}] {row['label']} {row['arch_id']} ({row['madds'] / 1e6:.1f} M MAdds)", flush=True)
-        proxy(row, default, 0)
+        for steps in (default, *other):
+            proxy(row, steps, 0)
         long(row, 0)
         if "zero_cost" not in row:
             row["zero_cost"] = {name: proxy_score(name, archs[row["arch_id"]], data, seed=0) for name in PROXIES}
             save()
-    for row in rows:  # phase 2: the other budgets
-        for steps in other:
-            proxy(row, steps, 0)
-    for row in rows[:args.seeded]:  # phase 3: seed noise
+    for row in rows[:args.seeded]:  # phase 2: seed noise
         for steps in PROXY_STEPS:
             proxy(row, steps, 1)
         long(row, 1)
