@@ -7,7 +7,6 @@ import io
 import json
 import math
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +37,11 @@ def write_best(run: RunDir) -> dict[str, Any] | None:
     arch = trained_arch(run, str(best["arch"]))
     run.best.mkdir(parents=True, exist_ok=True)
     ss.export_arch(arch, run.best / "spec.json", "json")
-    (run.best / "arch.txt").write_text(arch.to_string() + "\n")
+    atomic_write(run.best / "arch.txt", arch.to_string() + "\n")
     weights = run.weights_of(trial)
     kept = weights.is_file()
     if kept:
-        shutil.copyfile(weights, run.best / "weights.pt")
+        atomic_write(run.best / "weights.pt", weights.read_bytes())
     else:
         (run.best / "weights.pt").unlink(missing_ok=True)
     try:
@@ -53,7 +52,7 @@ def write_best(run: RunDir) -> dict[str, Any] | None:
            "latency_ms": float(best["latency_ms"]), "reward": float(best["reward"]), "params": int(best["params"]),
            "madds": int(best["madds"]), "weights": "weights.pt" if kept else None,
            "onnx_max_abs_diff": onnx.get("max_abs_diff")}
-    (run.best / "best.json").write_text(json.dumps(doc, indent=2) + "\n")
+    atomic_write(run.best / "best.json", json.dumps(doc, indent=2) + "\n")
     return doc
 
 
