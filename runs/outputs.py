@@ -115,6 +115,7 @@ def write_report(run: RunDir) -> tuple[Path, Path]:
         "data": str(info.get("data", cfg.get("data", "?"))), "target": info.get("target_ms", cfg.get("target_ms")),
         "resolution": info.get("resolution", cfg.get("resolution")), "budget": _budget(cfg),
         "latency_resolution": info.get("latency_resolution", cfg.get("latency_resolution")),
+        "confirmed": _confirmed_rows(run),
     }
     front = pareto_rows(frame)
     best_t = best_trial(run, frame)
@@ -159,6 +160,12 @@ def _plot(path: Path, frame: pd.DataFrame, done: pd.DataFrame, front: pd.DataFra
             ax.scatter([best["latency_ms"]], [100 * best["accuracy"]], s=200, facecolors="none", edgecolors="black",
                        lw=2, zorder=6, label=f"best: trial {int(best['trial'])}, {100 * best['accuracy']:.2f}% @ "
                                             f"{best['latency_ms']:.3g} ms")
+        confirmed = ctx.get("confirmed") or []
+        if confirmed:  # mean ± std over the confirmation's trainings, beside each trial's single training
+            ax.errorbar([r["latency_ms"] for r in confirmed], [100 * r["top1_mean"] for r in confirmed],
+                        yerr=[100 * (r["top1_std"] or 0.0) for r in confirmed], fmt="D", ms=5, color="black",
+                        ecolor="black", capsize=4, lw=1, zorder=8,
+                        label=f"confirmed: mean ± std of {len(confirmed[0]['top1_seeds'])} trainings")
         epochs = f" after {ctx['budget']}" if ctx["budget"] != "?" else ""
         ax.set_xlabel(f"predicted latency (ms) @ {ctx['latency_resolution']} px")
         ax.set_ylabel(f"top-1 (%){epochs} @ {ctx['resolution']} px")
@@ -235,6 +242,13 @@ def _markdown(run: RunDir, frame: pd.DataFrame, done: pd.DataFrame, front: pd.Da
     reasons = frame.loc[frame["state"] == "FAIL", "fail_reason"].astype(str).str.slice(0, 100).value_counts()
     lines += [f"  - {n} x {reason or 'no reason recorded'}" for reason, n in reasons.head(5).items()]
     return "\n".join(lines) + "\n"
+
+
+def _confirmed_rows(run: RunDir) -> list[dict[str, Any]]:
+    try:
+        return list(json.loads((run.path / "confirm.json").read_text())["rows"])
+    except (OSError, ValueError, KeyError):
+        return []
 
 
 def _confirm_lines(run: RunDir) -> list[str]:
