@@ -93,10 +93,6 @@ class Recipe:
     def warmup_steps(self, total: int) -> int:
         return round(self.warmup_fraction * total)
 
-    def budget(self) -> str:
-        """The budget as a user would write it: '300 steps' or '3 epochs'."""
-        return f"{self.steps} steps" if self.steps is not None else f"{self.epochs:g} epochs"
-
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> Recipe:
         """A recipe from its dict, also from the epoch-based format before step budgets (`warmup_epochs`, no
