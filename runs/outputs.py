@@ -225,7 +225,7 @@ def _markdown(run: RunDir, frame: pd.DataFrame, done: pd.DataFrame, front: pd.Da
     lines += _confirm_lines(run)
     lines += _netadapt_lines(run)
     lines += ["", "## Reference", ""]
-    lines += _reference_lines(refs, best, label, cfg)
+    lines += _reference_lines(refs, best, label, cfg, ctx.get("confirmed"))
     lines += ["", "## Pareto front (top-1 up, latency down)", "",
               "| trial | top-1 (%) | latency (ms) | reward | params | MAdds (M) | arch_id | |",
               "|---:|---:|---:|---:|---:|---:|---|---|"]
@@ -301,12 +301,14 @@ def _trajectory_lines(path: Path) -> list[str]:
         return []
     lines = ["", "| iteration | move | predicted ms | held-out top-1 |", "|---|---|---|---|"]
     for _, t in traj.iterrows():
-        lines.append(f"| {int(t['iteration'])} | {t['move'] or 'start'} | {t['latency_ms']:.3f} | "
+        move = "start" if pd.isna(t["move"]) or not t["move"] else t["move"]
+        lines.append(f"| {int(t['iteration'])} | {move} | {t['latency_ms']:.3f} | "
                      f"{100 * t['holdout_top1']:.2f}% |")
     return lines
 
 
-def _reference_lines(refs: pd.DataFrame, best: pd.Series | None, label: str, cfg: dict[str, Any]) -> list[str]:
+def _reference_lines(refs: pd.DataFrame, best: pd.Series | None, label: str, cfg: dict[str, Any],
+                     confirmed: list[dict[str, Any]] | None = None) -> list[str]:
     if refs.empty:
         why = " (config `enqueue_preset: false`)" if cfg.get("enqueue_preset") is False else ""
         return [f"This run has no reference trial{why}: there is no same-recipe baseline to compare against. "
@@ -322,8 +324,20 @@ def _reference_lines(refs: pd.DataFrame, best: pd.Series | None, label: str, cfg
                    f"(reward {_num(float(r['reward']), '.4f')}), {int(r['params']):,} params, "
                    f"{int(r['madds']) / 1e6:.1f} M MAdds.")
         if best is not None and int(best["trial"]) != t:
-            out.append(f"Best vs reference: {100 * (best['accuracy'] - r['accuracy']):+.2f} points top-1, "
-                       f"{best['latency_ms'] / r['latency_ms']:.2f}x the latency.")
+            by_trial = {c["trial"]: c for c in confirmed or []}
+            b, ref = by_trial.get(int(best["trial"])), by_trial.get(t)
+            if b is not None and ref is not None and b.get("top1_std") is not None and ref.get("top1_std") is not None:
+                gap = b["top1_mean"] - ref["top1_mean"]
+                pooled = math.sqrt((b["top1_std"] ** 2 + ref["top1_std"] ** 2) / 2)
+                verdict = "beyond" if abs(gap) > 2 * pooled else "within"
+                out.append(f"Best vs reference, confirmed ({len(b['top1_seeds'])} trainings each): "
+                           f"{100 * b['top1_mean']:.2f}% ± {100 * b['top1_std']:.2f} vs {100 * ref['top1_mean']:.2f}% "
+                           f"± {100 * ref['top1_std']:.2f}: **{100 * gap:+.2f} points**, {verdict} 2x their pooled "
+                           f"seed std ({100 * pooled:.2f}), at {best['latency_ms'] / r['latency_ms']:.2f}x the "
+                           "latency.")
+            else:
+                out.append(f"Best vs reference: {100 * (best['accuracy'] - r['accuracy']):+.2f} points top-1 (one "
+                           f"training each), {best['latency_ms'] / r['latency_ms']:.2f}x the latency.")
     return out
 
 
