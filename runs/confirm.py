@@ -64,8 +64,8 @@ def confirm(run: RunDir, frame: pd.DataFrame, config: Any, reward: Any, executor
     settings = config.confirm
     if settings is None or settings.seeds < 1 or best_row(frame) is None:
         return None
-    path = run.path / "confirm.json"
-    old = json.loads(path.read_text()) if path.is_file() else {}
+    path = run.confirm
+    old = run.confirmation()
     done = {int(r["trial"]): r for r in old.get("rows", [])}
     seeds = [config.seed + k * SEED_STRIDE for k in range(1, settings.seeds + 1)]
     rows = []

@@ -15,7 +15,7 @@ import yaml
 
 import search_space as ss
 from evaluators.trainer import DEFAULT_STEPS
-from runs.rundir import RunDir, RunError, atomic_write, best_row, best_trial, pareto_rows, plain_value
+from runs.rundir import RunDir, RunError, atomic_write, best_row, best_trial_row, pareto_rows, plain_value
 
 
 def trained_arch(run: RunDir, arch_string: str) -> ss.Arch:
@@ -28,11 +28,9 @@ def trained_arch(run: RunDir, arch_string: str) -> ss.Arch:
 
 def write_best(run: RunDir) -> dict[str, Any] | None:
     """RUN/best/: spec.json and arch.txt of the best feasible trial, its trained weights when kept, and ONNX."""
-    frame = _frame(run)
-    trial_no = best_trial(run, frame)
-    if trial_no is None:
+    best = best_trial_row(run, _frame(run))
+    if best is None:
         return None
-    best = frame[frame["trial"] == trial_no].iloc[0]
     trial = int(best["trial"])
     arch = trained_arch(run, str(best["arch"]))
     run.best.mkdir(parents=True, exist_ok=True)
@@ -115,11 +113,10 @@ def write_report(run: RunDir) -> tuple[Path, Path]:
         "data": str(info.get("data", cfg.get("data", "?"))), "target": info.get("target_ms", cfg.get("target_ms")),
         "resolution": info.get("resolution", cfg.get("resolution")), "budget": _budget(cfg),
         "latency_resolution": info.get("latency_resolution", cfg.get("latency_resolution")),
-        "confirmed": _confirmed_rows(run),
+        "confirmed": list(run.confirmation().get("rows", [])),
     }
     front = pareto_rows(frame)
-    best_t = best_trial(run, frame)
-    best = None if best_t is None else frame[frame["trial"] == best_t].iloc[0]
+    best = best_trial_row(run, frame)
     refs = frame[frame["reference"]]
     label = f"{reference_label(ctx['space'])} (same recipe)"
     _plot(run.report_png, frame, done, front, best, refs, label, cfg, ctx)
@@ -244,18 +241,10 @@ def _markdown(run: RunDir, frame: pd.DataFrame, done: pd.DataFrame, front: pd.Da
     return "\n".join(lines) + "\n"
 
 
-def _confirmed_rows(run: RunDir) -> list[dict[str, Any]]:
-    try:
-        return list(json.loads((run.path / "confirm.json").read_text())["rows"])
-    except (OSError, ValueError, KeyError):
-        return []
-
-
 def _confirm_lines(run: RunDir) -> list[str]:
     """The confirmation (RUN/confirm.json): top-1 mean ± std over seeds of the best trials and the reference."""
-    try:
-        doc = json.loads((run.path / "confirm.json").read_text())
-    except (OSError, ValueError):
+    doc = run.confirmation()
+    if not doc.get("rows"):
         return []
     n = 1 + len(doc.get("seeds", []))
     lines = ["", "## Confirmation", "",

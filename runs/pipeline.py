@@ -67,9 +67,6 @@ def load_pipeline(path: Path | None) -> PipelineConfig:
         raise ConfigError(where + _first_error(exc)) from None
 
 
-PIPELINE_FILE = "pipeline.yaml"  # in the run dir: what `bneck run` does after the search, for --resume
-
-
 def run_pipeline(pipeline: PipelineConfig | None, out: Path | None, resume: Path | None = None) -> dict[str, Any]:
     """Every step, with what it produced; each step's files are in the run dir before the next starts.
 
@@ -81,9 +78,9 @@ def run_pipeline(pipeline: PipelineConfig | None, out: Path | None, resume: Path
     t0 = time.time()
     if resume is not None:
         run = RunDir(resume).require()
-        saved = run.path / PIPELINE_FILE
+        saved = run.pipeline
         if not saved.is_file():
-            raise ConfigError(f"{run.path} was not started by `bneck run` (no {PIPELINE_FILE}): resume it with "
+            raise ConfigError(f"{run.path} was not started by `bneck run` (no {saved.name}): resume it with "
                               f"`bneck search --resume {run.path}`")
         try:
             extra = read_yaml(saved)
@@ -101,7 +98,7 @@ def run_pipeline(pipeline: PipelineConfig | None, out: Path | None, resume: Path
     run_, setup = start_run(None if resume is not None else config, run.path, resume, {})
     try:
         if resume is None:
-            atomic_write(run.path / PIPELINE_FILE, yaml.safe_dump(
+            atomic_write(run.pipeline, yaml.safe_dump(
                 pipeline.model_dump(mode="json", include={"exports", "netadapt"}), sort_keys=False))
         console_err.print(f"    {setup.table_path} · target {setup.target_ms:.3f} ms (the space's preset)")
         console_err.print(f"[bold]2/{steps} search[/]: {config.trials} trials of {config.searcher} on {config.data}")

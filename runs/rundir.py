@@ -6,7 +6,9 @@
     RUN/pareto.json      the (accuracy up, latency down) front of the trials so far
     RUN/run.json         status, counts, best trial, timings
     RUN/weights/         trained weights of the best `keep_weights` trials (trial_N.pt)
-    RUN/best/            the best trial: spec.json, arch.txt, weights.pt, model.onnx
+    RUN/confirm.json     the confirmation: top trials and the reference over more seeds (runs.confirm)
+    RUN/best/            the best trial (after confirmation: by mean): spec.json, arch.txt, weights.pt, model.onnx
+    RUN/pipeline.yaml    what `bneck run` does after the search (exports, NetAdapt), for `bneck run --resume`
     RUN/logs/            driver log
 """
 
@@ -58,6 +60,16 @@ class RunDir:
     logs = property(lambda self: self.path / "logs")
     report_png = property(lambda self: self.path / "report.png")
     report_md = property(lambda self: self.path / "report.md")
+    confirm = property(lambda self: self.path / "confirm.json")
+    pipeline = property(lambda self: self.path / "pipeline.yaml")
+
+    def confirmation(self) -> dict[str, Any]:
+        """RUN/confirm.json (runs.confirm), or {} when the run has none or it cannot be read."""
+        try:
+            doc = json.loads(self.confirm.read_text())
+        except (OSError, ValueError):
+            return {}
+        return doc if isinstance(doc, dict) else {}
 
     def exists(self) -> bool:
         return self.config.is_file()
@@ -158,16 +170,18 @@ def pareto_rows(frame: pd.DataFrame) -> pd.DataFrame:
 def best_trial(run: RunDir, frame: pd.DataFrame) -> int | None:
     """The run's best trial: confirmation's (best mean reward over seeds, RUN/confirm.json) once it finished,
     else the best single training's (`best_row`)."""
-    path = run.path / "confirm.json"
-    if path.is_file():
-        try:
-            doc = json.loads(path.read_text())
-        except ValueError:
-            doc = {}
-        if doc.get("status") == "done" and doc.get("best_trial") is not None:
-            return int(doc["best_trial"])
+    doc = run.confirmation()
+    if doc.get("status") == "done" and doc.get("best_trial") is not None:
+        return int(doc["best_trial"])
     b = best_row(frame)
     return None if b is None else int(b["trial"])
+
+
+def best_trial_row(run: RunDir, frame: pd.DataFrame) -> pd.Series | None:
+    """The row of `best_trial` in `frame`, or None."""
+    t = best_trial(run, frame)
+    rows = frame[frame["trial"] == t] if t is not None else frame.iloc[:0]
+    return None if rows.empty else rows.iloc[0]
 
 
 def best_row(frame: pd.DataFrame) -> pd.Series | None:

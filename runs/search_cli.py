@@ -33,7 +33,7 @@ from runs.config import (
 from runs.engine import Driver, Setup, claim_study, eta_s, make_setup, resolved, run_search
 from runs.errors import UserError, console_err, console_out, out_of_space
 from runs.executors import ExecutorError
-from runs.rundir import RunDir, RunError, best_row, best_trial
+from runs.rundir import RunDir, RunError, best_row, best_trial_row
 from search_space.paths import RUNS_DIR, atomic_write
 
 USER_ERRORS = (ConfigError, RunError, ExecutorError, DataError, RecipeError, ss.SpecError, se.SearchError,
@@ -147,8 +147,7 @@ def summary(run: RunDir, setup: Setup) -> None:
     import pandas as pd
 
     frame = pd.read_parquet(run.trials)
-    best_t = best_trial(run, frame)
-    best = None if best_t is None else frame[frame["trial"] == best_t].iloc[0]
+    best = best_trial_row(run, frame)
     c = setup.config
     console_out.print(f"run {run.path}: {len(frame)} trials ({int((frame['state'] == 'FAIL').sum())} failed), "
                       f"target {setup.target_ms:.3f} ms")
@@ -156,16 +155,12 @@ def summary(run: RunDir, setup: Setup) -> None:
         console_out.print(f"best: trial {int(best['trial'])}, top-1 {100 * best['accuracy']:.2f}% at "
                           f"{best['latency_ms']:.3f} ms predicted (reward {best['reward']:.4f}, {c.reward})")
         console_out.print(f"  {best['arch']}", markup=False, highlight=False, soft_wrap=True)
-    confirmed = run.path / "confirm.json"
-    if confirmed.is_file():
-        import json
-
-        doc = json.loads(confirmed.read_text())
-        for r in doc["rows"]:
-            std = f" ± {100 * r['top1_std']:.2f}" if r.get("top1_std") is not None else ""
-            tag = " (reference)" if r["reference"] else (" (best)" if r["trial"] == doc.get("best_trial") else "")
-            console_out.print(f"  confirmed trial {r['trial']}{tag}: top-1 {100 * r['top1_mean']:.2f}%{std} over "
-                              f"{len(r['top1_seeds'])} trainings at {r['latency_ms']:.3f} ms", highlight=False)
+    doc = run.confirmation()
+    for r in doc.get("rows", []):
+        std = f" ± {100 * r['top1_std']:.2f}" if r.get("top1_std") is not None else ""
+        tag = " (reference)" if r["reference"] else (" (best)" if r["trial"] == doc.get("best_trial") else "")
+        console_out.print(f"  confirmed trial {r['trial']}{tag}: top-1 {100 * r['top1_mean']:.2f}%{std} over "
+                          f"{len(r['top1_seeds'])} trainings at {r['latency_ms']:.3f} ms", highlight=False)
     console_out.print(f"trials {run.trials} · front {run.pareto} · study {c.study} in "
                       f"{redact_url(run.storage_url(c.storage))}",
                       highlight=False)
