@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -56,11 +57,12 @@ def summarize(rows: list[dict[str, Any]], reward: Any) -> dict[str, Any]:
 
 
 def confirm(run: RunDir, frame: pd.DataFrame, config: Any, reward: Any, executor: Executor,
-            make_task: Any) -> dict[str, Any] | None:
+            make_task: Any, on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any] | None:
     """Train the candidates' extra seeds (resuming confirm.json) and write the confirmed best.
 
     `make_task(trial_number, arch, train_seed) -> TrialTask` builds the same task the search ran, with another
-    training seed. Returns the confirm document, or None when confirmation is off or nothing is feasible."""
+    training seed; `on_progress(done, total)` is called as trainings finish. Returns the confirm document, or
+    None when confirmation is off or nothing is feasible."""
     settings = config.confirm
     if settings is None or settings.seeds < 1 or best_row(frame) is None:
         return None
@@ -86,7 +88,14 @@ def confirm(run: RunDir, frame: pd.DataFrame, config: Any, reward: Any, executor
     todo = [(r, s) for r in rows for s in seeds if str(s) not in r["extra"]]
     attempts: dict[tuple[int, int], int] = {}
     inflight: dict[Any, tuple[dict[str, Any], int]] = {}
+    total = len(rows) * len(seeds)
+
+    def progress() -> None:
+        if on_progress is not None:
+            on_progress(sum(len(r["extra"]) for r in rows), total)
+
     save("running")
+    progress()
     while todo or inflight:
         while todo and len(inflight) < executor.slots:
             r, s = todo.pop(0)
@@ -107,4 +116,5 @@ def confirm(run: RunDir, frame: pd.DataFrame, config: Any, reward: Any, executor
                 r["extra"][str(s)] = {"top1": out.accuracy, "failed": out.failed, "reason": out.reason}
             log.info("confirm: trial %d seed %d -> %s", r["trial"], s, r["extra"][str(s)])
             save("running")
+            progress()
     return save("done")

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -360,8 +361,10 @@ def enqueue_reference(study: optuna.Study, space: ss.SearchSpace) -> None:
         study.enqueue_trial(se.params_of_vector(space, space.encode(space.seed)), user_attrs={REFERENCE: True})
 
 
-def run_search(setup: Setup, run: RunDir, on_update: Any = None) -> tuple[pd.DataFrame, Driver]:
-    """Drive the run's study to its budget (resuming whatever is in its storage)."""
+def run_search(setup: Setup, run: RunDir, on_update: Any = None,
+               on_confirm: Callable[[int, int], None] | None = None) -> tuple[pd.DataFrame, Driver]:
+    """Drive the run's study to its budget (resuming whatever is in its storage), then confirm its best
+    (`runs.confirm`; `on_confirm(done, total)` reports the trainings)."""
     c = setup.config
     study = open_study(setup, run)
     n = recover(study)
@@ -376,7 +379,7 @@ def run_search(setup: Setup, run: RunDir, on_update: Any = None) -> tuple[pd.Dat
         with stop_on_signals():  # Ctrl-C / SIGTERM: running trials are re-queued by the next resume
             frame = driver.run_to_budget()
             if driver.done() >= c.trials and c.confirm is not None and c.confirm.seeds > 0:
-                doc = confirm(run, frame, c, setup.reward, executor, driver.task)
+                doc = confirm(run, frame, c, setup.reward, executor, driver.task, on_confirm)
                 if doc is not None:
                     frame = driver.write_outputs("done")  # run.json's best trial is the confirmed one
                     log.info("confirmed best: trial %s (pooled seed std %s)", doc["best_trial"], doc["pooled_std"])

@@ -15,6 +15,7 @@ import click
 import sqlalchemy.exc
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 import latency as lat
 import search_space as ss
@@ -123,10 +124,15 @@ def execute(run: RunDir, setup: Setup, unlock: bool = True, resume_command: str 
             last[0] = time.time()
             live.update(progress_table(driver))
 
+    def confirming(done: int, total: int) -> None:
+        if live is not None:
+            live.update(Text(f"confirmation: {done}/{total} trainings (the best trials and the reference, more "
+                             "seeds)"))
+
     try:
         if live is not None:
             live.start()
-        _, driver = run_search(setup, run, update)
+        _, driver = run_search(setup, run, update, confirming)
         if live is not None:
             live.update(progress_table(driver))
     except KeyboardInterrupt:
