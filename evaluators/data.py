@@ -256,6 +256,12 @@ def fashion_dir() -> Path:
     return Path(os.environ.get("BNECK_FASHION_DIR", FASHION_DIR))
 
 
+def fashion_installed() -> bool:
+    """True when builtin:fashion can load (the four IDX files are where `fashion_dir()` says)."""
+    root = fashion_dir()
+    return all((root / name).is_file() for pair in FASHION_FILES.values() for name in pair)
+
+
 def _read_idx(path: Path, magic: int, dims: int) -> np.ndarray:
     """An IDX file (gzip): big-endian magic, then `dims` sizes, then uint8 data."""
     import gzip

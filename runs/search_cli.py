@@ -94,6 +94,8 @@ def start_run(config: RunConfig | None, out: Path | None, resume: Path | None,
     if run.exists():
         raise RunError(f"{run.path} already holds a run: resume it with `bneck search --resume {run.path}` "
                        "or choose another --out")
+    if run.path.exists() and not run.path.is_dir():
+        raise RunError(f"--out {run.path} is a file: a run dir is a folder (choose another --out)")
     created = not run.path.exists()
     try:
         run.lock()

@@ -25,6 +25,7 @@ from faults import tiny_space
 
 import latency as lat
 import search_space as ss
+from evaluators import fashion_installed
 from runs.cli import cli
 from runs.config import ConfigError, RunConfig, load_config, resume_config
 
@@ -472,14 +473,29 @@ def test_ray_search_resumes_after_kill_9_of_the_driver(tiny, tmp_path):
 
 
 def test_the_example_configs_are_valid():
-    from runs.pipeline import MAIN_JOB, load_pipeline
+    from runs.pipeline import load_pipeline, main_job
 
     examples = sorted((Path(__file__).parents[1] / "examples").glob("*.yaml"))
     assert examples
     for path in examples:
         pipeline = load_pipeline(path)
         assert load_config(path).model_dump() == pipeline.run_config().model_dump()  # `bneck search` reads it too
-    assert load_pipeline(None).trials == MAIN_JOB["trials"]
+    assert load_pipeline(None).trials == main_job()["trials"]
+
+
+def test_the_main_job_searches_fashion_where_it_is_installed_and_digits_where_not(tmp_path, monkeypatch):
+    from runs.pipeline import load_pipeline
+
+    if not fashion_installed():
+        unavailable("needs builtin:fashion (make fashion: apt-get install dataset-fashion-mnist)")
+    assert load_pipeline(None).data == "builtin:fashion:10000"
+    monkeypatch.setenv("BNECK_FASHION_DIR", str(tmp_path))  # an empty folder: not installed
+    assert load_pipeline(None).data == "builtin:digits"
+    taken = tmp_path / "taken"
+    taken.write_text("a file, not a run dir")  # so the run stops right after the choice is announced
+    res = CliRunner().invoke(cli, ["run", "--out", str(taken)])
+    assert "builtin:fashion is not installed" in res.output and "make fashion" in res.output
+    assert res.exit_code == 2 and taken.read_text() == "a file, not a run dir"
 
 
 def test_recover_requeues_only_trials_whose_architecture_was_complete():
