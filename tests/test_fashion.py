@@ -37,12 +37,24 @@ def test_subset_is_stratified_seeded_and_deterministic(fashion_installed):
     a = load_data("builtin:fashion:1000", resolution=32, seed=3)
     b = load_data("builtin:fashion:1000", resolution=32, seed=3)
     c = load_data("builtin:fashion:1000", resolution=32, seed=4)
-    assert len(a.y_train) + len(a.y_val) == 1000 and len(a.y_test) == 10000
-    counts = np.bincount(np.concatenate([a.y_train, a.y_val]), minlength=10)
-    assert counts.tolist() == [100] * 10  # Fashion-MNIST is balanced: 100 per class
+    assert len(a.y_train) == 1000 and len(a.y_test) == 10000
+    assert np.bincount(a.y_train, minlength=10).tolist() == [100] * 10  # Fashion-MNIST is balanced: 100 per class
     assert np.array_equal(a.x_train, b.x_train) and np.array_equal(a.y_val, b.y_val) and a.fingerprint == b.fingerprint
     assert not np.array_equal(a.x_train, c.x_train) and a.fingerprint != c.fingerprint
     assert a.x_train.shape[1:] == (32, 32, 3) and a.x_test.shape[1:] == (32, 32, 3)
+
+
+def test_a_subset_shrinks_the_training_images_never_the_validation_split(fashion_installed):
+    full = load_data("builtin:fashion", resolution=28, seed=0)
+    sub = load_data("builtin:fashion:2000", resolution=28, seed=0)
+    assert len(full.y_val) == len(sub.y_val) == 12000  # 20% of the 60k training images: scores that rank nets
+    assert np.array_equal(full.x_val, sub.x_val) and np.array_equal(full.y_val, sub.y_val)
+    val_rows = {x.tobytes() for x in sub.x_val}
+    assert not any(x.tobytes() in val_rows for x in sub.x_train[:1000])  # training images are not val images
+    full_train = {x.tobytes() for x in full.x_train}
+    assert all(x.tobytes() in full_train for x in sub.x_train[:500])  # a subset of the full training split
+    with pytest.raises(DataError, match=r"subset size 50000 is more than the 48000 training images"):
+        load_data("builtin:fashion:50000", resolution=28)
 
 
 def test_without_the_package_the_error_names_it(tmp_path, monkeypatch):
