@@ -25,7 +25,7 @@ from search_efficiency import load_table
 import search_space as ss
 from evaluators import ProxyTrainer, Recipe, load_data
 from latency.build import default_reference, measure_whole
-from runs.netadapt_cli import Start, run_netadapt
+from runs.netadapt_run import Start, run_netadapt
 from search_space.paths import cache_dir
 from searchers.netadapt import FineTuneJob, run_job, state_bytes
 

@@ -19,8 +19,8 @@ from runs.errors import console_out as _out
 from runs.evaluate_cli import evaluate_cmd
 from runs.latency_cli import latency_group
 from runs.netadapt_cli import netadapt_cmd
-from runs.pipeline import run_cmd
 from runs.report_cli import export_run, is_run_dir, report_cmd
+from runs.run_cli import run_cmd
 from runs.search_cli import search_cmd
 from search_space.paths import RUNS_DIR
 

@@ -1,4 +1,6 @@
-"""`bneck run`: the main job, table -> search -> NetAdapt -> export -> report, on the defaults or a config file.
+"""The main job's pipeline, table -> search -> NetAdapt -> export -> report, on the defaults or a config file.
+
+`bneck run` (`runs.run_cli`) parses and prints; this module holds the pipeline config and runs its steps.
 
 The defaults are sized for a laptop-class CPU: a real MobileNetV3-Small-space search on builtin:fashion (or
 builtin:digits where Fashion-MNIST is not installed) with this machine's 224 px latency table (built once, then
@@ -11,12 +13,11 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-import click
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from runs.config import ConfigError, RunConfig, _first_error, default_run_dir, load_saved_config, read_yaml
-from runs.errors import UserError, console_err, console_out, out_of_space
+from runs.errors import console_err
 from runs.rundir import RunDir
 from search_space.paths import RUNS_DIR, atomic_write
 
@@ -92,7 +93,7 @@ def run_pipeline(pipeline: PipelineConfig | None, out: Path | None, resume: Path
     With `resume` (a run dir `bneck run` started), the saved pipeline continues: the search resumes (or is
     already done), NetAdapt resumes from its last finished iteration with the same target, then export and
     report. One process drives the run from the search to the report (the run dir's lock is held throughout)."""
-    from runs.search_cli import execute, start_run, summary
+    from runs.session import execute, start_run, summary
 
     t0 = time.time()
     if resume is not None:
@@ -154,7 +155,7 @@ def _after_search(run: RunDir, pipeline: PipelineConfig, config: RunConfig, step
 
 
 def _netadapt(run: RunDir, step: NetAdaptStep, best_ms: float, config: RunConfig) -> dict[str, Any]:
-    from runs.netadapt_cli import run_netadapt, start_from_run
+    from runs.netadapt_run import run_netadapt, start_from_run
 
     start = start_from_run(run.path, None)
     target = step.target_ms if step.target_ms is not None else step.target_frac * best_ms
@@ -173,41 +174,5 @@ def _netadapt(run: RunDir, step: NetAdaptStep, best_ms: float, config: RunConfig
             "netadapt_trajectory": str(run.path / "netadapt" / "trajectory.png")}
 
 
-@click.command("run")
-@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
-              help="A pipeline config (a run config plus `exports`); default: the embedded main job.")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Run dir [default: ./bneck_runs/NAME-TIMESTAMP].")
-@click.option("--resume", type=click.Path(path_type=Path), default=None,
-              help="Continue a `bneck run` in this dir after Ctrl-C or a kill (search, NetAdapt, export, report).")
-def run_cmd(config_file: Path | None, out: Path | None, resume: Path | None) -> None:
-    """The main job: latency table -> search -> NetAdapt -> export -> report (defaults: fashion, V3-Small space)."""
-    import optuna
-
-    from runs.search_cli import USER_ERRORS
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        if resume is not None and (config_file is not None or out is not None):
-            raise ConfigError("--resume continues the run as it was started: no --config or --out with it")
-        pipeline = None if resume is not None else load_pipeline(config_file)
-        if pipeline is not None and config_file is None and pipeline.data == "builtin:digits":
-            console_err.print("builtin:fashion is not installed (`sudo apt-get install dataset-fashion-mnist` or "
-                              "`make fashion`): the main job searches builtin:digits, which saturates",
-                              soft_wrap=True, highlight=False)
-        files = run_pipeline(pipeline, out, resume)
-    except USER_ERRORS as exc:
-        raise UserError(str(exc)) from None
-    except OSError as exc:
-        full = out_of_space(exc, f"`bneck run --resume {resume or out or 'RUN'}`")
-        if full is None:
-            raise
-        raise full from None
-    console_out.print(f"done in {files['wall_s']:.0f} s. Everything is in {files['run']}:")
-    for key in ("trials", "pareto", "best", *[k for k in files if k.startswith(("export_", "netadapt_"))],
-                "report_png", "report_md"):
-        console_out.print(f"  {key:14s} {files[key]}", highlight=False)
-
-
 __all__ = ["EXPORT_FORMATS", "MAIN_JOB_DIGITS", "MAIN_JOB_FASHION", "NetAdaptStep", "PipelineConfig", "load_pipeline",
-           "main_job", "run_cmd", "run_pipeline"]
+           "main_job", "run_pipeline"]
