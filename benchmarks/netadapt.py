@@ -26,8 +26,9 @@ import search_space as ss
 from evaluators import ProxyTrainer, Recipe, load_data
 from latency.build import default_reference, measure_whole
 from runs.netadapt_run import Start, run_netadapt
+from runs.worker import FineTuneJob, run_job
 from search_space.paths import cache_dir
-from searchers.netadapt import FineTuneJob, run_job, state_bytes
+from searchers.netadapt import state_bytes
 
 START_EPOCHS, LONG_EPOCHS = 3.0, 2.0
 

@@ -1,6 +1,6 @@
 """Where trials are evaluated: K local worker processes, or Ray tasks on a cluster. Same narrow interface.
 
-A task is a search trial (`TrialTask`) or a NetAdapt fine-tune job; `runs.worker.run_task` dispatches.
+A task is a search trial (`TrialTask`) or a NetAdapt fine-tune (`FineTuneJob`); `runs.worker.run_task` dispatches.
 
 The driver owns the study (ask/tell) and the budget; executors only train. A lost worker (killed process,
 dead node) is reported as `WorkerLost` so the driver re-runs that trial; it never takes the search down.

@@ -1,8 +1,9 @@
 """NetAdapt on a trained network as `bneck netadapt` and `bneck run` use it: the start, the workers, the outputs.
 
 `Start` is what is pruned (a run's trial or a spec + weights); `run_netadapt` loads the latency table, runs (or
-resumes) `searchers.netadapt.NetAdapt` with its fine-tunes fanned out to an executor (`executor_evaluate`), reports
-its progress on stderr and exports the result to ONNX:
+resumes) `searchers.netadapt.NetAdapt` with its fine-tunes fanned out to an executor (`executor_evaluate`: each
+request a `runs.worker.FineTuneJob`), reports its progress on stderr, draws the trajectory (`runs.outputs`) and
+exports the result to ONNX:
 
     OUT/netadapt.json        what was asked (settings, start, table); a resume must ask the same
     OUT/iterations/NNN/      each finished iteration: spec.json, weights.pt, metrics.json (000: the start)
@@ -18,14 +19,18 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import search_space as ss
 from runs.errors import console_err
-from runs.executors import WorkerLost, make_executor, stop_on_signals
+from runs.executors import Executor, WorkerLost, make_executor, stop_on_signals
+from runs.outputs import write_trajectory_plot
+from runs.worker import FineTuneJob, run_job
 from search_space.host import usable_cpus
+from searchers.netadapt import Evaluate, FineTuneOutcome, FineTuneRequest, NetAdapt, NetAdaptSettings, state_bytes
 
 RETRIES = 2  # a job whose worker died is re-submitted this many times
 
@@ -64,8 +69,8 @@ def start_from_run(run_dir: Path, trial: int | None) -> Start:
 
 
 def start_from_spec(spec: str, weights: Path, data: str, resolution: int | None, seed: int, device: str) -> Start:
+    """A spec with its trained weights, at `resolution` (default: the spec's) with the data's class count."""
     from evaluators import load_data
-    from searchers.netadapt import state_bytes
 
     arch = ss.load_arch(spec)
     res = arch.resolution if resolution is None else resolution
@@ -76,14 +81,15 @@ def start_from_spec(spec: str, weights: Path, data: str, resolution: int | None,
     return Start(arch, state_bytes(model), None, data, res, seed, device, f"{spec} + {weights}")
 
 
-def executor_evaluate(executor: Any, progress: Any = None) -> Any:
-    """`evaluate(jobs)` over an executor: all jobs at once, a lost worker's job re-submitted, errors as failures."""
-    from searchers.netadapt import FineTuneOutcome
+def executor_evaluate(executor: Executor, settings: NetAdaptSettings, progress: Any = None) -> Evaluate:
+    """`evaluate(requests)` over an executor: each request a `runs.worker.FineTuneJob` on the settings' data and
+    device, all at once, a lost worker's job re-submitted, errors as failures."""
 
-    def evaluate(jobs: list[Any]) -> list[Any]:
+    def evaluate(requests: Sequence[FineTuneRequest]) -> list[FineTuneOutcome]:
+        jobs = [FineTuneJob.of(r, settings) for r in requests]
         pending = {executor.submit(j): j for j in jobs}
         tries = {j.index: 0 for j in jobs}
-        done: dict[int, Any] = {}
+        done: dict[int, FineTuneOutcome] = {}
         task = progress.add_task("proposals", total=len(jobs)) if progress is not None and len(jobs) > 1 else None
         try:
             while pending:
@@ -96,7 +102,7 @@ def executor_evaluate(executor: Any, progress: Any = None) -> Any:
                     if isinstance(out, BaseException):
                         reason = f"{type(out).__name__}: {str(out).strip().splitlines()[0] if str(out).strip() else ''}"
                         out = FineTuneOutcome(job.index, 0.0, float("inf"), True, reason, None, 0.0)
-                    done[job.index] = out
+                    done[job.index] = out  # a FineTuneJob's outcome
                     if task is not None:
                         progress.update(task, advance=1)
         finally:
@@ -107,13 +113,21 @@ def executor_evaluate(executor: Any, progress: Any = None) -> Any:
     return evaluate
 
 
+def inline_evaluate(settings: NetAdaptSettings) -> Evaluate:
+    """`evaluate(requests)` in this process, one after another (library use and tests; no executor)."""
+
+    def evaluate(requests: Sequence[FineTuneRequest]) -> list[FineTuneOutcome]:
+        return [run_job(FineTuneJob.of(r, settings)) for r in requests]
+
+    return evaluate
+
+
 def run_netadapt(start: Start, table_path: Path, out: Path, settings_kw: dict[str, Any], workers: int,
                  threads: int | None, backend: str, address: str | None, show_progress: bool = True) -> dict[str, Any]:
     """Load the table, run (or resume) NetAdapt in `out`, export the result to ONNX; returns the summary."""
 
     import latency as lat
     from search_space.progress import progress_bar
-    from searchers.netadapt import NetAdapt, NetAdaptSettings
 
     table = lat.LatencyTable.load(table_path)
     num_classes = table.space.num_classes
@@ -156,12 +170,13 @@ def run_netadapt(start: Start, table_path: Path, out: Path, settings_kw: dict[st
         elif kind == "stopped":
             console_err.print(f"[yellow]stopped[/]: {info['reason']}", highlight=False)
 
-    na = NetAdapt(out, settings, latency, executor_evaluate(executor, bar), on_event, identity)
+    na = NetAdapt(out, settings, latency, executor_evaluate(executor, settings, bar), on_event, identity)
     try:
         with stop_on_signals(), bar if bar is not None else contextlib.nullcontext():
             summary = na.run(start.arch, start.weights)
     finally:
         executor.close()
+    write_trajectory_plot(out, settings.target_ms)
     final = ss.Arch.from_json((na.final_dir / "spec.json").read_text())
     onnx = na.final_dir / "model.onnx"
     if not onnx.is_file():
@@ -171,4 +186,5 @@ def run_netadapt(start: Start, table_path: Path, out: Path, settings_kw: dict[st
     return summary
 
 
-__all__ = ["RETRIES", "Start", "executor_evaluate", "run_netadapt", "start_from_run", "start_from_spec"]
+__all__ = ["RETRIES", "Start", "executor_evaluate", "inline_evaluate", "run_netadapt", "start_from_run",
+           "start_from_spec"]

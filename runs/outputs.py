@@ -1,4 +1,5 @@
-"""What a finished run exports: RUN/best/ (the best trial's spec, weights, ONNX), the report and per-trial exports."""
+"""What a finished run exports: RUN/best/ (the best trial's spec, weights, ONNX), the report, per-trial exports and
+NetAdapt's trajectory plot."""
 
 from __future__ import annotations
 
@@ -294,6 +295,44 @@ def _trajectory_lines(path: Path) -> list[str]:
         lines.append(f"| {int(t['iteration'])} | {move} | {t['latency_ms']:.3f} | "
                      f"{100 * t['holdout_top1']:.2f}% |")
     return lines
+
+
+def write_trajectory_plot(out_dir: Path, target_ms: float) -> Path | None:
+    """OUT/trajectory.png of a NetAdapt dir, from its trajectory.parquet; drawn again only when the parquet is
+    newer (a resumed or finished run keeps its plot). None when NetAdapt has not written its trajectory yet."""
+    traj_path, png = out_dir / "trajectory.parquet", out_dir / "trajectory.png"
+    if not traj_path.is_file():
+        return None
+    if png.is_file() and png.stat().st_mtime_ns >= traj_path.stat().st_mtime_ns:
+        return png
+    return plot_trajectory(pd.read_parquet(traj_path), target_ms, png)
+
+
+def plot_trajectory(traj: pd.DataFrame, target_ms: float, path: Path) -> Path:
+    """Held-out top-1 against predicted latency, one point per NetAdapt iteration, the target marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    ax.plot(traj["latency_ms"], 100 * traj["holdout_top1"], "o-", color="tab:blue", ms=4,
+            label="after short-term fine-tune")
+    ax.plot(traj["latency_ms"].iloc[:1], 100 * traj["holdout_top1"].iloc[:1], "*", color="tab:orange", ms=14,
+            label="start")
+    ax.axvline(target_ms, color="tab:red", ls="--", lw=1, label=f"target {target_ms:.3f} ms")
+    ax.invert_xaxis()
+    ax.set_xlabel("predicted latency (ms)")
+    ax.set_ylabel("held-out top-1 (%)")
+    ax.set_title(f"NetAdapt: {len(traj) - 1} iterations")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write(path, buf.getvalue())
+    return path
 
 
 def _reference_lines(refs: pd.DataFrame, best: pd.Series | None, label: str, cfg: dict[str, Any],

@@ -1,20 +1,27 @@
-"""What a worker does for one trial: proxy-train an architecture and send back its accuracy (and weights).
+"""What a worker does for one task: proxy-train a search trial, or fine-tune a NetAdapt proposal, and send back
+the result (and weights).
 
-Runs in a worker process (local pool) or a Ray task on any node. It receives plain data (an arch string and
-the run's training settings), so nothing here depends on the driver's objects; data sets are loaded once per
-worker process and reused.
+Runs in a worker process (local pool) or a Ray task on any node, which unpickles the task by its module path:
+`TrialTask` and `FineTuneJob` live here for that. A task is plain data (an arch string, the run's training
+settings), so nothing here depends on the driver's objects; a data set is loaded once per worker process and
+reused by every task on it, trials and fine-tunes alike (`_data`).
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-_DATA: dict[tuple[str, int, int], Any] = {}
+if TYPE_CHECKING:
+    from searchers.netadapt import FineTuneOutcome, FineTuneRequest, NetAdaptSettings
+
+# (spec, resolution, seed) -> the data set and its holdout splits by fraction; one data set at a time
+_DATA: dict[tuple[str, int, int], tuple[Any, dict[float, Any]]] = {}
 
 
 @dataclass(frozen=True)
@@ -44,14 +51,52 @@ class TrialOutcome:
     weights: bytes | None = None
 
 
-def _data(spec: str, resolution: int, seed: int) -> Any:
+@dataclass(frozen=True)
+class FineTuneJob:
+    """One NetAdapt fine-tune as a worker runs it: a `searchers.netadapt.FineTuneRequest` plus the run's data
+    (spec, resolution, the train/val split's seed) and device. `holdout` set: train on the training split minus
+    the holdout, score on the holdout; None: train on the whole training split, score on the validation split."""
+
+    index: int
+    arch: str
+    weights: bytes
+    data: str
+    resolution: int
+    recipe: dict[str, Any]
+    seed: int
+    holdout: float | None
+    train: bool = True
+    device: str = "cpu"
+    data_seed: int = 0  # the train/val split's seed (the one the starting network was trained with)
+
+    @classmethod
+    def of(cls, request: FineTuneRequest, settings: NetAdaptSettings) -> FineTuneJob:
+        """The job for `request` of a NetAdapt run with `settings` (its data, resolution, seed and device)."""
+        return cls(request.index, request.arch, request.weights, settings.data, settings.resolution, request.recipe,
+                   request.seed, request.holdout, request.train, settings.device, settings.seed)
+
+
+def _data(spec: str, resolution: int, seed: int, holdout: float | None = None) -> Any:
+    """The data set, or with `holdout` its training split cut once more (`evaluators.data.holdout_split`), as
+    loaded by an earlier task on this worker when it asked for the same data. A worker keeps one data set (and its
+    holdout splits) at a time: runs do not mix them."""
     from evaluators import load_data
+    from evaluators.data import holdout_split
 
     key = (spec, resolution, seed)
     if key not in _DATA:
-        _DATA.clear()  # one data set per worker at a time: runs do not mix them
-        _DATA[key] = load_data(spec, resolution=resolution, seed=seed, progress=False)
-    return _DATA[key]
+        _DATA.clear()
+        _DATA[key] = (load_data(spec, resolution=resolution, seed=seed, progress=False), {})
+    base, splits = _DATA[key]
+    if holdout is None:
+        return base
+    if holdout not in splits:
+        splits[holdout] = holdout_split(base, holdout, seed=seed)
+    return splits[holdout]
+
+
+def _worker() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def evaluate_task(task: TrialTask) -> TrialOutcome:
@@ -76,16 +121,38 @@ def evaluate_task(task: TrialTask) -> TrialOutcome:
         weights = buf.getvalue()
     info = {"train_s": result.train_s, "loss": result.loss, "cached": result.cached, "epochs": result.epochs,
             "worker_s": time.perf_counter() - t0}
-    return TrialOutcome(task.trial, float(result.top1), bool(result.failed), result.reason or "",
-                        f"{socket.gethostname()}:{os.getpid()}", info, weights)
+    return TrialOutcome(task.trial, float(result.top1), bool(result.failed), result.reason or "", _worker(), info,
+                        weights)
 
 
-def run_task(task: Any) -> Any:
-    """What an executor runs: a search trial (`TrialTask`) or a NetAdapt fine-tune (`searchers.FineTuneJob`)."""
+def run_job(job: FineTuneJob) -> FineTuneOutcome:
+    """Fine-tune and score one network (in any process: everything comes in the job); a diverged fine-tune is a
+    failed outcome, not an exception."""
+    import search_space as ss
+    from evaluators import ProxyTrainer, Recipe
+    from searchers.netadapt import FineTuneOutcome, load_model, state_bytes
+
+    t0 = time.perf_counter()
+    data = _data(job.data, job.resolution, job.data_seed, job.holdout)
+    arch = ss.Arch.parse(job.arch).replace(resolution=data.resolution, num_classes=data.num_classes)
+    model = load_model(arch, job.weights)
+    trainer = ProxyTrainer(Recipe(**job.recipe), device=job.device)
+    if job.train:
+        result, model = trainer.fine_tune(arch, model, data, seed=job.seed)  # the recipe's BN momentum, on device
+        if result.failed:
+            return FineTuneOutcome(job.index, 0.0, math.inf, True, result.reason or "failed", None,
+                                   time.perf_counter() - t0, _worker())
+        top1, loss = result.top1, result.loss
+    else:
+        top1, loss = trainer.score(model, data, "val")
+    return FineTuneOutcome(job.index, float(top1), float(loss), False, "", state_bytes(model),
+                           time.perf_counter() - t0, _worker())
+
+
+def run_task(task: TrialTask | FineTuneJob) -> TrialOutcome | FineTuneOutcome:
+    """What an executor runs: a search trial (`TrialTask`) or a NetAdapt fine-tune (`FineTuneJob`)."""
     if isinstance(task, TrialTask):
         return evaluate_task(task)
-    from searchers.netadapt import run_job
-
     return run_job(task)
 
 

@@ -12,15 +12,14 @@ from searchers.base import (
 from searchers.controller import ControllerSampler, Policy
 from searchers.evolution import RegularizedEvolution
 from searchers.netadapt import (
-    FineTuneJob,
     FineTuneOutcome,
+    FineTuneRequest,
     Move,
     NetAdapt,
     NetAdaptError,
     NetAdaptSettings,
     Proposal,
     propose,
-    run_job,
 )
 from searchers.objective import (
     Evaluation,
@@ -36,9 +35,9 @@ from searchers.search import OPTIONS, PARETO_STRATEGIES, STRATEGIES, create_stud
 
 __all__ = [
     "OPTIONS", "PARETO_STRATEGIES", "PRESETS", "STRATEGIES", "AccuracyPredictor", "ArchSampler", "ControllerSampler",
-    "Evaluation", "EvaluationFailed", "FineTuneJob", "FineTuneOutcome", "History", "LatencyModel", "Move",
+    "Evaluation", "EvaluationFailed", "FineTuneOutcome", "FineTuneRequest", "History", "LatencyModel", "Move",
     "NetAdapt", "NetAdaptError", "NetAdaptSettings", "Pending", "Policy", "PredictorSampler", "Proposal",
     "RandomSearch", "RegularizedEvolution", "Reward", "RewardError", "SearchError", "SearchObjective",
     "TrainingEvaluator", "create_study", "finished", "history", "make_sampler", "params_of_vector", "propose",
-    "run_job", "run_search", "vector_of_params",
+    "run_search", "vector_of_params",
 ]

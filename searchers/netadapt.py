@@ -10,9 +10,11 @@ training split; the winner maximizes ΔAcc/|ΔLatency| (MobileNetV3) or accuracy
 After the target is met the result is long-term fine-tuned and scored on the untouched validation split.
 
 The loop is storage-first: every finished iteration is a directory (spec, weights, metrics) written
-atomically, so a killed run resumes after the last one. Proposals are evaluated through a caller-supplied
-`evaluate(jobs) -> outcomes`, which may fan out to local processes or a Ray cluster (`runs`); `run_job`
-is what a worker runs.
+atomically, so a killed run resumes after the last one; that storage is the algorithm's resumable state, so it
+stays here (with trajectory.parquet and proposals.parquet, its record). Fine-tunes are asked for as
+`FineTuneRequest`s through a caller-supplied `evaluate(requests) -> outcomes`: where and how they run (in this
+process, local worker processes or a Ray cluster) is `runs`' job (`runs.netadapt_run`, `runs.worker.run_job`), and
+so is drawing the trajectory.
 """
 
 from __future__ import annotations
@@ -211,29 +213,28 @@ class NetAdaptSettings:
         return dataclasses.asdict(self)
 
 
-# ---- one fine-tune job (what a worker runs) ------------------------------------------------------------------
+# ---- one fine-tune (what the algorithm asks for) --------------------------------------------------------------
 
 @dataclass(frozen=True)
-class FineTuneJob:
-    """Fine-tune `arch` from `weights` (state-dict bytes) and score it. `holdout` set: train on the training
-    split minus the holdout, score on the holdout (ranking proposals); None: train on the whole training split,
-    score on the validation split. `steps` 0 scores without training."""
+class FineTuneRequest:
+    """Fine-tune `arch` from `weights` (state-dict bytes) with `recipe` and score it. `holdout` set: train on the
+    training split minus the holdout, score on the holdout (ranking proposals); None: train on the whole training
+    split, score on the validation split. `train` False scores without training. The data, its split seed and the
+    device are the run's (`NetAdaptSettings`); outcomes are matched to requests by `index`."""
 
     index: int
     arch: str
     weights: bytes
-    data: str
-    resolution: int
     recipe: dict[str, Any]
     seed: int
     holdout: float | None
     train: bool = True
-    device: str = "cpu"
-    data_seed: int = 0  # the train/val split's seed (the one the starting network was trained with)
 
 
 @dataclass
 class FineTuneOutcome:
+    """What a fine-tune gave: top-1 and loss on its scoring split, the tuned weights (None when it failed)."""
+
     index: int
     top1: float
     loss: float
@@ -244,23 +245,8 @@ class FineTuneOutcome:
     worker: str = ""
 
 
-_DATA: dict[tuple[str, int, int, float | None], Any] = {}  # per process: jobs of one run share their data
-
-
-def _job_data(job: FineTuneJob) -> Any:
-    from evaluators import load_data
-    from evaluators.data import holdout_split
-
-    key = (job.data, job.resolution, job.data_seed, job.holdout)
-    if key not in _DATA:
-        if len(_DATA) > 4:
-            _DATA.clear()
-        base = load_data(job.data, resolution=job.resolution, seed=job.data_seed, progress=False)
-        _DATA[key] = base if job.holdout is None else holdout_split(base, job.holdout, seed=job.data_seed)
-    return _DATA[key]
-
-
 def state_bytes(model: Any) -> bytes:
+    """A model's state dict as bytes (CPU tensors), as requests, outcomes and iterations carry weights."""
     import torch
 
     buf = io.BytesIO()
@@ -269,6 +255,7 @@ def state_bytes(model: Any) -> bytes:
 
 
 def load_model(arch: Arch, weights: bytes) -> Any:
+    """The network `arch` with `weights` (bytes of `state_bytes`) loaded, on the CPU."""
     import torch
 
     from search_space import build_model
@@ -278,42 +265,7 @@ def load_model(arch: Arch, weights: bytes) -> Any:
     return model
 
 
-def run_job(job: FineTuneJob) -> FineTuneOutcome:
-    """Fine-tune and score one network (in any process: everything comes in the job)."""
-    import socket
-
-    import torch
-
-    from evaluators import ProxyTrainer, Recipe
-
-    t0 = time.perf_counter()
-    data = _job_data(job)
-    arch = Arch.parse(job.arch).replace(resolution=data.resolution, num_classes=data.num_classes)
-    model = load_model(arch, job.weights)
-    recipe = Recipe(**job.recipe)
-    trainer = ProxyTrainer(recipe, device=job.device)
-    worker = f"{socket.gethostname()}:{os.getpid()}"
-    if job.train:
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.momentum = recipe.bn_momentum
-        result, model = trainer.fine_tune(arch, model.to(trainer.device), data, seed=job.seed)
-        if result.failed:
-            return FineTuneOutcome(job.index, 0.0, math.inf, True, result.reason or "failed", None,
-                                   time.perf_counter() - t0, worker)
-        top1, loss = result.top1, result.loss
-    else:
-        top1, loss = trainer.score(model, data, "val")
-    return FineTuneOutcome(job.index, float(top1), float(loss), False, "", state_bytes(model),
-                           time.perf_counter() - t0, worker)
-
-
-Evaluate = Callable[[Sequence[FineTuneJob]], list[FineTuneOutcome]]
-
-
-def evaluate_inline(jobs: Sequence[FineTuneJob]) -> list[FineTuneOutcome]:
-    """Run jobs one after another in this process (library use and tests; `runs` fans them out)."""
-    return [run_job(j) for j in jobs]
+Evaluate = Callable[[Sequence[FineTuneRequest]], list[FineTuneOutcome]]  # outcomes in any order
 
 
 # ---- selection ---------------------------------------------------------------------------------------------
@@ -385,12 +337,13 @@ def _json(obj: Any) -> bytes:
 class NetAdapt:
     """A resumable NetAdapt run in `out_dir`.
 
-    `latency(arch) -> ms` is the table's prediction of the deployed network; `evaluate` runs fine-tune jobs
-    (possibly in parallel) and returns their outcomes in any order. `on_event(kind, info)` reports progress.
+    `latency(arch) -> ms` is the table's prediction of the deployed network; `evaluate` runs fine-tune requests
+    (possibly in parallel, on the settings' data and device) and returns their outcomes in any order
+    (`runs.netadapt_run.inline_evaluate` runs them in this process). `on_event(kind, info)` reports progress.
     """
 
     def __init__(self, out_dir: str | os.PathLike[str], settings: NetAdaptSettings,
-                 latency: Callable[[Arch], float], evaluate: Evaluate = evaluate_inline,
+                 latency: Callable[[Arch], float], evaluate: Evaluate,
                  on_event: Callable[[str, dict[str, Any]], None] | None = None,
                  identity: dict[str, Any] | None = None) -> None:
         self.out = Path(out_dir)
@@ -452,17 +405,17 @@ class NetAdapt:
         atomic_write(path, _json(want))
 
     # ---- run ----
-    def _job(self, index: int, arch: Arch, weights: bytes, iteration: int, train: bool = True,
-             final: bool = False) -> FineTuneJob:
+    def _request(self, index: int, arch: Arch, weights: bytes, iteration: int, train: bool = True,
+             final: bool = False) -> FineTuneRequest:
         s = self.settings
         recipe = s.long_recipe() if final else s.short_recipe()
-        return FineTuneJob(index, arch.to_string(), weights, s.data, s.resolution, recipe, s.seed + iteration,
-                           None if final else s.holdout, train, s.device, s.seed)
+        return FineTuneRequest(index, arch.to_string(), weights, recipe, s.seed + iteration,
+                               None if final else s.holdout, train)
 
-    def _one(self, job: FineTuneJob) -> FineTuneOutcome:
-        out = self.evaluate([job])[0]
+    def _one(self, request: FineTuneRequest) -> FineTuneOutcome:
+        out = self.evaluate([request])[0]
         if out.failed:
-            raise NetAdaptError(f"evaluating {job.arch} failed: {out.reason}")
+            raise NetAdaptError(f"evaluating {request.arch} failed: {out.reason}")
         return out
 
     def run(self, start_arch: Arch, start_weights: bytes) -> dict[str, Any]:
@@ -484,8 +437,8 @@ class NetAdapt:
         t0 = time.perf_counter()
         done = self.done_iterations()
         if not done:
-            base = self._one(self._job(0, start_arch, start_weights, 0, train=False))
-            val = self._one(self._job(0, start_arch, start_weights, 0, train=False, final=True))
+            base = self._one(self._request(0, start_arch, start_weights, 0, train=False))
+            val = self._one(self._request(0, start_arch, start_weights, 0, train=False, final=True))
             it = Iteration(0, start_arch, start_weights, {
                 "iteration": 0, "latency_ms": start_ms, "holdout_top1": base.top1, "holdout_loss": base.loss,
                 "val_top1": val.top1, "move": None, "delta_ms": 0.0, "proposals": [], "wall_s": 0.0})
@@ -529,11 +482,11 @@ class NetAdapt:
         self.on_event("iteration", {"iteration": i, "delta_ms": delta, "current_ms": cur_ms,
                                     "proposals": len(proposals)})
         parent = load_model(current.arch, current.weights)
-        jobs = []
+        requests = []
         for k, p in enumerate(proposals):
             _, pruned = p.move.apply(current.arch, parent)
-            jobs.append(self._job(k, p.arch, state_bytes(pruned), i, train=s.short_steps > 0))
-        outcomes = {o.index: o for o in self.evaluate(jobs)}
+            requests.append(self._request(k, p.arch, state_bytes(pruned), i, train=s.short_steps > 0))
+        outcomes = {o.index: o for o in self.evaluate(requests)}
         rows = []
         for k, p in enumerate(proposals):
             o = outcomes[k]
@@ -587,9 +540,9 @@ class NetAdapt:
         self.write_trajectory(history)
         if s.long_epochs > 0 and last.index > 0:
             self.on_event("long", {"epochs": s.long_epochs})
-            out = self._one(self._job(0, last.arch, last.weights, LONG_SEED_OFFSET, final=True))
+            out = self._one(self._request(0, last.arch, last.weights, LONG_SEED_OFFSET, final=True))
         else:
-            out = self._one(self._job(0, last.arch, last.weights, LONG_SEED_OFFSET, train=False, final=True))
+            out = self._one(self._request(0, last.arch, last.weights, LONG_SEED_OFFSET, train=False, final=True))
         assert out.weights is not None
         first = history[0]
         summary = {
@@ -608,6 +561,7 @@ class NetAdapt:
         return summary
 
     def write_trajectory(self, history: list[dict[str, Any]]) -> None:
+        """trajectory.parquet (one row per iteration) and proposals.parquet (every proposal of every iteration)."""
         import pandas as pd
 
         traj = pd.DataFrame([{k: m.get(k) for k in ("iteration", "latency_ms", "holdout_top1", "holdout_loss",
@@ -616,30 +570,3 @@ class NetAdapt:
         props = [r for m in history for r in m.get("proposals", [])]
         if props:
             pd.DataFrame(props).to_parquet(self.out / "proposals.parquet", index=False)
-        plot_trajectory(traj, self.settings.target_ms, self.out / "trajectory.png")
-
-
-def plot_trajectory(traj: Any, target_ms: float, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    ax.plot(traj["latency_ms"], 100 * traj["holdout_top1"], "o-", color="tab:blue", ms=4,
-            label="after short-term fine-tune")
-    ax.plot(traj["latency_ms"].iloc[:1], 100 * traj["holdout_top1"].iloc[:1], "*", color="tab:orange", ms=14,
-            label="start")
-    ax.axvline(target_ms, color="tab:red", ls="--", lw=1, label=f"target {target_ms:.3f} ms")
-    ax.invert_xaxis()
-    ax.set_xlabel("predicted latency (ms)")
-    ax.set_ylabel("held-out top-1 (%)")
-    ax.set_title(f"NetAdapt: {len(traj) - 1} iterations")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write(path, buf.getvalue())
-    return path

@@ -25,6 +25,7 @@ import latency as lat
 import search_space as ss
 from evaluators import ProxyTrainer, Recipe, holdout_split, load_data
 from runs.cli import cli
+from runs.netadapt_run import inline_evaluate
 from searchers.netadapt import (
     Move,
     NetAdapt,
@@ -207,7 +208,8 @@ def test_netadapt_stops_at_the_last_good_network_when_every_proposal_collapses(n
     target = 0.5 * net["table"].predict_ms(SEED_ARCH)
     settings = NetAdaptSettings(target_ms=target, short_steps=1, long_epochs=0.0, step_frac=0.3, threads=1,
                                 collapse_floor=0.999)
-    summary = NetAdapt(tmp_path / "na", settings, net["table"].predict_ms).run(SEED_ARCH, state_bytes(net["model"]))
+    summary = NetAdapt(tmp_path / "na", settings, net["table"].predict_ms, inline_evaluate(settings)).run(
+        SEED_ARCH, state_bytes(net["model"]))
     assert summary["iterations"] == 0 and not summary["reached_target"]
     assert "collapsed" in summary["stopped"]
     assert (tmp_path / "na" / "final" / "weights.pt").is_file()
@@ -279,8 +281,9 @@ def test_unreachable_target_is_one_line_naming_the_minimum(net, tmp_path):
     line = res.output.strip()
     assert len(line.splitlines()) == 1 and "Traceback" not in line
     assert "unreachable" in line and f"{floor_ms:.3f} ms" in line
+    settings = NetAdaptSettings(target_ms=floor_ms * 0.5)
     with pytest.raises(NetAdaptError, match="minimum reachable latency"):
-        NetAdapt(tmp_path / "lib", NetAdaptSettings(target_ms=floor_ms * 0.5), net["table"].predict_ms).run(
+        NetAdapt(tmp_path / "lib", settings, net["table"].predict_ms, inline_evaluate(settings)).run(
             SEED_ARCH, state_bytes(net["model"]))
 
 
