@@ -6,7 +6,8 @@ SE and nonlinearity. Each layer picks its own expansion ratio: MobileNetV3's exp
 stage (240, 200, 184, 184), so per-layer expansion is what makes the presets exact points of the space.
 
 Every architecture of a space is a vector of decision indices (`encode`/`decode`), the representation that
-samplers, controllers and vectorized predictors share. Absent layers' expansion slots hold -1.
+samplers, controllers and vectorized predictors share; `search_space.encoding` owns where each decision sits
+(`SearchSpace.layout`). Absent layers' expansion slots hold -1.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from search_space.encoding import ABSENT, STAGE_DECISIONS, VectorLayout
 from search_space.presets import mobilenet_v3_large, mobilenet_v3_small
 from search_space.spec import (
     Arch,
@@ -51,6 +53,12 @@ class Stage:
     def max_depth(self) -> int:
         return max(self.depths)
 
+    @property
+    def choices(self) -> dict[str, tuple[Any, ...]]:
+        """The choices of each stage-level decision, by name (see `encoding.STAGE_DECISIONS`)."""
+        return {"depth": self.depths, "width": self.width_ratios, "kernel": self.kernels, "se": self.se,
+                "act": self.acts}
+
 
 @dataclass(frozen=True, slots=True)
 class Decision:
@@ -79,11 +87,10 @@ class SearchSpace:
         self.resolution = resolution
         self.width_mult = width_mult
         self.seed = seed  # the network the space was built around (contained exactly), if any
+        self.layout = VectorLayout.of([st.max_depth for st in self.stages])  # where each decision sits
         decisions: list[Decision] = []
         for i, st in enumerate(self.stages):
-            decisions += [Decision(f"s{i}.depth", st.depths, i), Decision(f"s{i}.width", st.width_ratios, i),
-                          Decision(f"s{i}.kernel", st.kernels, i), Decision(f"s{i}.se", st.se, i),
-                          Decision(f"s{i}.act", st.acts, i)]
+            decisions += [Decision(f"s{i}.{name}", st.choices[name], i) for name in STAGE_DECISIONS]
             decisions += [Decision(f"s{i}.l{j}.expand", self.expand_ratios, i, j) for j in range(st.max_depth)]
         self.decisions: tuple[Decision, ...] = tuple(decisions)
         self._index = {d.name: k for k, d in enumerate(self.decisions)}
@@ -103,7 +110,7 @@ class SearchSpace:
         total = 1
         n_exp = len(self.expand_ratios)
         for st in self.stages:
-            per_stage = len(st.width_ratios) * len(st.kernels) * len(st.se) * len(st.acts)
+            per_stage = math.prod(len(values) for name, values in st.choices.items() if name != "depth")
             total *= per_stage * sum(n_exp**d for d in st.depths)
         return total
 
@@ -119,25 +126,23 @@ class SearchSpace:
             raise SpecError(f"encoding has {len(vec)} entries, space {self.name} needs {self.num_decisions}")
         blocks: list[Bneck] = []
         cin = self.stem.out
-        k = 0
-        for i, st in enumerate(self.stages):
-            idx = vec[k:k + 5 + st.max_depth]
-            for name, value, n in zip(("depth", "width", "kernel", "se", "act"), idx[:5],
-                                      (len(st.depths), len(st.width_ratios), len(st.kernels), len(st.se),
-                                       len(st.acts)), strict=True):
-                if not 0 <= value < n:
-                    raise SpecError(f"s{i}.{name}: index {value} not in [0, {n})")
-            depth = st.depths[idx[0]]
-            out = st.widths[idx[1]]
+        for st, at in zip(self.stages, self.layout.stages, strict=True):
+            for pos in at.stage_level.values():
+                n = len(self.decisions[pos].choices)
+                if not 0 <= vec[pos] < n:
+                    raise SpecError(f"{self.decisions[pos].name}: index {vec[pos]} not in [0, {n})")
+            depth = st.depths[vec[at.depth]]
+            out = st.widths[vec[at.width]]
             for j in range(depth):
-                r = idx[5 + j]
+                r = vec[at.expand(j)]
                 if not 0 <= r < len(self.expand_ratios):
-                    raise SpecError(f"s{i}.l{j}.expand: index {r} not in [0, {len(self.expand_ratios)})")
-                blocks.append(Bneck(kernel=st.kernels[idx[2]], expand=make_divisible(cin * self.expand_ratios[r], 8),
-                                    out=out, stride=st.stride if j == 0 else 1, se=st.se[idx[3]],
-                                    act=st.acts[idx[4]]))  # type: ignore[arg-type]
+                    raise SpecError(f"{self.decisions[at.expand(j)].name}: index {r} not in "
+                                    f"[0, {len(self.expand_ratios)})")
+                blocks.append(Bneck(kernel=st.kernels[vec[at.kernel]],
+                                    expand=make_divisible(cin * self.expand_ratios[r], 8), out=out,
+                                    stride=st.stride if j == 0 else 1, se=st.se[vec[at.se]],
+                                    act=st.acts[vec[at.act]]))  # type: ignore[arg-type]
                 cin = out
-            k += 5 + st.max_depth
         return Arch(stem=self.stem, blocks=tuple(blocks), head=self.head, num_classes=self.num_classes,
                     resolution=self.resolution)
 
@@ -168,12 +173,12 @@ class SearchSpace:
             group = blocks[pos:pos + depth]
             if len(group) < depth:
                 continue
-            vec = self._encode_stage(st, stage, group, cin, pos)
+            vec = self._encode_stage(stage, d_idx, group, cin, pos)
             if isinstance(vec, str):
                 continue
             rest = self._encode_from(blocks, stage + 1, pos + depth, group[-1].out)
             if rest is not None:
-                return [d_idx, *vec, *rest]
+                return [*vec, *rest]
         return None
 
     def _explain(self, blocks: tuple[Any, ...]) -> str:
@@ -188,14 +193,17 @@ class SearchSpace:
             if len(group) not in st.depths:
                 return f"block {pos}: stage {stage} has {len(group)} blocks, allowed depths " \
                        f"{'/'.join(map(str, st.depths))}"
-            vec = self._encode_stage(st, stage, tuple(group), cin, pos)
+            vec = self._encode_stage(stage, st.depths.index(len(group)), tuple(group), cin, pos)
             if isinstance(vec, str):
                 return vec
             cin = group[-1].out
         return "no split of the blocks into the space's stages fits"  # pragma: no cover - encode found none
 
-    def _encode_stage(self, st: Stage, stage: int, group: tuple[Bneck, ...], cin: int,
+    def _encode_stage(self, stage: int, depth_index: int, group: tuple[Bneck, ...], cin: int,
                       pos: int) -> list[int] | str:
+        """Stage `stage`'s part of the decision vector for `group` (its depth choice `depth_index`, its first
+        block at `pos`, input width `cin`), or why `group` does not fit the stage."""
+        st = self.stages[stage]
         first = group[0]
         where = f"block {pos} (stage {stage})"
         if first.out not in st.widths:
@@ -218,9 +226,9 @@ class SearchSpace:
                     break
             else:
                 return f"{w}: expand {b.expand} is no ratio in {self.expand_ratios} of input width {layer_in}"
-        expands += [-1] * (st.max_depth - len(group))
-        return [st.widths.index(first.out), st.kernels.index(first.kernel), st.se.index(first.se),
-                st.acts.index(first.act), *expands]
+        return self.layout.stages[stage].pack(
+            {"depth": depth_index, "width": st.widths.index(first.out), "kernel": st.kernels.index(first.kernel),
+             "se": st.se.index(first.se), "act": st.acts.index(first.act)}, expands)
 
     def contains(self, arch: Arch) -> bool:
         try:
@@ -233,12 +241,9 @@ class SearchSpace:
     def sample_encoded(self, rng: np.random.Generator, n: int = 1) -> np.ndarray:
         """`n` uniform decision vectors, shape (n, num_decisions); absent-layer slots are -1."""
         vecs = np.floor(rng.random((n, self.num_decisions)) * self.cardinalities).astype(np.int64)
-        k = 0
-        for st in self.stages:
-            depth = np.asarray(st.depths)[vecs[:, k]]
-            slots = np.arange(st.max_depth)
-            vecs[:, k + 5:k + 5 + st.max_depth][slots[None, :] >= depth[:, None]] = -1
-            k += 5 + st.max_depth
+        for st, at in zip(self.stages, self.layout.stages, strict=True):
+            depth = np.asarray(st.depths)[vecs[:, at.depth]]
+            vecs[:, at.expands][~at.used_mask(depth)] = ABSENT
         return vecs
 
     def sample(self, rng: np.random.Generator | int) -> Arch:
@@ -277,43 +282,36 @@ class SearchSpace:
         vecs[rows, pick] = (vecs[rows, pick] + 1 + np.floor(rng.random(n) * (card - 1)).astype(np.int64)) % card
         n_exp = len(self.expand_ratios)
         fresh = np.floor(rng.random(vecs.shape) * n_exp).astype(np.int64)
-        k = 0
-        for st in self.stages:
-            depth = np.asarray(st.depths)[vecs[:, k]]
-            slots = vecs[:, k + 5:k + 5 + st.max_depth]
-            used = np.arange(st.max_depth)[None, :] < depth[:, None]
-            slots[used & (slots < 0)] = fresh[:, k + 5:k + 5 + st.max_depth][used & (slots < 0)]
-            slots[~used] = -1
-            k += 5 + st.max_depth
+        for st, at in zip(self.stages, self.layout.stages, strict=True):
+            depth = np.asarray(st.depths)[vecs[:, at.depth]]
+            slots = vecs[:, at.expands]
+            used = at.used_mask(depth)
+            slots[used & (slots < 0)] = fresh[:, at.expands][used & (slots < 0)]
+            slots[~used] = ABSENT
         return vecs
 
     def _fill_slots(self, vec: np.ndarray, gen: np.random.Generator) -> None:
         """After a depth change: sample expansions for new layers, blank slots of removed ones."""
-        k = 0
         n_exp = len(self.expand_ratios)
-        for st in self.stages:
-            depth = st.depths[vec[k]]
-            for j in range(st.max_depth):
-                slot = k + 5 + j
+        for st, at in zip(self.stages, self.layout.stages, strict=True):
+            depth = st.depths[vec[at.depth]]
+            for j in range(at.max_depth):
+                slot = at.expand(j)
                 if j < depth and vec[slot] < 0:
                     vec[slot] = gen.integers(n_exp)
                 elif j >= depth:
-                    vec[slot] = -1
-            k += 5 + st.max_depth
+                    vec[slot] = ABSENT
 
     def suggest(self, trial: Any) -> Arch:
         """Define-by-run sampling through an Optuna trial; layer expansions are conditional on depth."""
-        vec = np.full(self.num_decisions, -1, dtype=np.int64)
-        k = 0
-        for st in self.stages:
-            for off in range(5):
-                d = self.decisions[k + off]
-                vec[k + off] = d.choices.index(trial.suggest_categorical(d.name, list(d.choices)))
-            depth = st.depths[vec[k]]
-            for j in range(depth):
-                d = self.decisions[k + 5 + j]
-                vec[k + 5 + j] = d.choices.index(trial.suggest_categorical(d.name, list(d.choices)))
-            k += 5 + st.max_depth
+        vec = np.full(self.num_decisions, ABSENT, dtype=np.int64)
+        for st, at in zip(self.stages, self.layout.stages, strict=True):
+            for pos in at.stage_level.values():
+                d = self.decisions[pos]
+                vec[pos] = d.choices.index(trial.suggest_categorical(d.name, list(d.choices)))
+            for j in range(st.depths[vec[at.depth]]):
+                d = self.decisions[at.expand(j)]
+                vec[at.expand(j)] = d.choices.index(trial.suggest_categorical(d.name, list(d.choices)))
         return self.decode(vec)
 
     # ---- what the latency table must measure ----------------------------------------------------------
@@ -452,17 +450,15 @@ class LayerTables:
         total = np.empty((n, self.n_out), dtype=self.stem.dtype)
         total[:] = self.stem.reshape(1, -1)
         prev = np.zeros(n, dtype=np.int64)
-        k = 0
-        for i, st in enumerate(self.space.stages):
+        for i, at in enumerate(self.space.layout.stages):
             _, n_w, n_k, n_se, n_act, n_r = self.shapes[i]
-            cell = (((cols[k + 1] * n_k + cols[k + 2]) * n_se + cols[k + 3]) * n_act + cols[k + 4]) * n_r
-            total += self.first[i].take(prev * (n_w * n_k * n_se * n_act * n_r) + cell + cols[k + 5], axis=0)
+            cell = (((cols[at.width] * n_k + cols[at.kernel]) * n_se + cols[at.se]) * n_act + cols[at.act]) * n_r
+            total += self.first[i].take(prev * (n_w * n_k * n_se * n_act * n_r) + cell + cols[at.expand(0)], axis=0)
             rest = self.rest[i]
-            for j in range(1, st.max_depth):
-                r = cols[k + 5 + j]
+            for j in range(1, at.max_depth):
+                r = cols[at.expand(j)]
                 total += rest.take(np.where(r >= 0, cell + r, len(rest) - 1), axis=0)  # type: ignore[union-attr,arg-type]
-            prev = cols[k + 1]
-            k += 5 + st.max_depth
+            prev = cols[at.width]
         total += self.head_flat.take(prev, axis=0)
         return total.reshape((n, *self.stem.shape))
 

@@ -23,6 +23,7 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from search_space import SearchSpace
+from search_space.encoding import ABSENT
 
 PROPOSAL_KEY = "bneck:proposal"
 ACCURACY_ATTR = "accuracy"
@@ -35,24 +36,22 @@ class SearchError(ValueError):
 
 def vector_of_params(space: SearchSpace, params: dict[str, Any]) -> np.ndarray:
     """The decision vector of a trial's parameters (values as `SearchSpace.suggest` names them)."""
-    vec = np.full(space.num_decisions, -1, dtype=np.int64)
-    k = 0
-    for st in space.stages:
-        for off in range(5 + st.max_depth):
-            d = space.decisions[k + off]
+    vec = np.full(space.num_decisions, ABSENT, dtype=np.int64)
+    for st, at in zip(space.stages, space.layout.stages, strict=True):
+        for pos in range(at.start, at.stop):
+            d = space.decisions[pos]
             if d.name in params:
                 try:
-                    vec[k + off] = d.choices.index(params[d.name])
+                    vec[pos] = d.choices.index(params[d.name])
                 except ValueError:
                     raise SearchError(f"trial parameter {d.name}={params[d.name]!r} is not a choice of space "
                                       f"{space.name} ({list(d.choices)})") from None
-            elif off < 5:
+            elif pos < at.first_expand:
                 raise SearchError(f"trial has no parameter {d.name}: it was not sampled from space {space.name}")
-        depth = st.depths[vec[k]]
-        vec[k + 5 + depth:k + 5 + st.max_depth] = -1  # slots a flat suggestion filled but the depth does not use
-        if (vec[k + 5:k + 5 + depth] < 0).any():
-            raise SearchError(f"trial lacks an expansion of stage s{space.decisions[k].stage} of space {space.name}")
-        k += 5 + st.max_depth
+        depth = st.depths[vec[at.depth]]
+        vec[at.unused_slots(depth)] = ABSENT  # slots a flat suggestion filled but the depth does not use
+        if (vec[at.used_slots(depth)] < 0).any():
+            raise SearchError(f"trial lacks an expansion of stage s{at.stage} of space {space.name}")
     return vec
 
 
