@@ -9,7 +9,6 @@ no RAM. Mistakes raise `DataError` with one line naming the file or field and wh
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import math

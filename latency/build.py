@@ -32,7 +32,7 @@ from latency.protocol import (
     session,
     time_interleaved,
 )
-from latency.table import LatencyError, LatencyTable
+from latency.table import LatencyError, LatencyTable, anchor_scale
 from search_space import Arch, LayerConfig, SearchSpace, build_model, mobilenet_v3_small, onnx_bytes
 from search_space.paths import cache_dir
 from search_space.progress import progress_bar
@@ -92,6 +92,40 @@ def measure_whole(archs: Sequence[Arch], reference: Arch, threads: int = 1, prov
         p10, p90 = np.percentile([t / r for t, r in per], [10, 90])
         out.append(WholeNetTiming(ratio, ref_us, len(per), float((p90 - p10) / ratio)))
     return out
+
+
+@dataclass(frozen=True)
+class TableScaleTiming:
+    """Whole networks measured in a table's scale: timed beside the table's anchors (`LatencyTable.anchors`) and
+    scaled by their median calibrated/measured ratio, so the numbers compare with the table's predictions."""
+
+    us: np.ndarray          # per network, in the table's scale (µs)
+    raw_us: np.ndarray      # ratio x the table's reference latency, before the anchor scale (µs)
+    scale: float            # the anchor scale applied (1.0: the measurement read exactly as the calibration)
+    ratio_spread: np.ndarray
+    anchors: int
+    timings: list[WholeNetTiming]  # per network, as `measure_whole` returned it
+
+
+def measure_in_table_scale(table: LatencyTable, archs: Sequence[Arch], rounds: int | None = None, seed: int = 0,
+                           progress: Callable[[int, int], None] | None = None) -> TableScaleTiming:
+    """Time `archs` whole with the table's protocol, reference, threads and provider, its anchors beside them
+    (an anchor that is also in `archs` is timed once)."""
+    for a in archs:
+        table.check(a)
+    anchors = table.anchors()
+    ids = {a.arch_id for a in archs}
+    nets = [*archs, *(a for a, _ in anchors if a.arch_id not in ids)]
+    provider = table.meta["fingerprint"].get("provider", "CPUExecutionProvider")
+    reference = Arch.parse(table.meta["reference"]["arch"])
+    timings = measure_whole(nets, reference, table.threads, provider, Protocol.from_dict(table.meta["protocol"]),
+                            rounds, seed=seed, progress=progress)
+    raw = np.array([t.ratio * table.reference_us for t in timings])
+    by_id = {a.arch_id: float(us) for a, us in zip(nets, raw, strict=True)}
+    scale = anchor_scale([us for _, us in anchors], [by_id[a.arch_id] for a, _ in anchors])
+    n = len(archs)
+    return TableScaleTiming(raw[:n] * scale, raw[:n], scale, np.array([t.ratio_spread for t in timings[:n]]),
+                            len(anchors), timings[:n])
 
 
 def default_reference(arch: Arch) -> Arch:

@@ -132,20 +132,22 @@ def measure_cmd(spec_or_preset: str, resolution: int | None, num_classes: int | 
                                 num_classes or table.space.num_classes)
             table.check(arch)
             threads = table.threads
-            reference, protocol = ss.Arch.parse(table.meta["reference"]["arch"]), lat.Protocol.from_dict(
-                table.meta["protocol"])
         else:
             arch = ss.load_arch(spec_or_preset, None, resolution, num_classes)
-            reference, protocol = None, None
     except (ss.SpecError, lat.LatencyError, lat.KitError) as exc:
         raise UserError(str(exc)) from None
     with console_err.status("measuring ..."):
-        t = lat.measure_arch(arch, threads, provider, protocol, reference, rounds)
-    ms = t.ratio * (table.reference_us if table is not None else t.reference_us) / 1e3
+        if table is not None:  # beside the table's anchors: in its scale
+            scaled = lat.measure_in_table_scale(table, [arch], rounds)
+            t, ms = scaled.timings[0], scaled.us[0] / 1e3
+        else:
+            scaled, t = None, lat.measure_arch(arch, threads, provider, None, None, rounds)
+            ms = t.us / 1e3
     result = {"arch_id": arch.arch_id, "resolution": arch.resolution, "threads": threads, "provider": provider,
               "ms": ms, "ms_now": t.us / 1e3, "ratio_to_reference": t.ratio, "reference_ms_now": t.reference_us / 1e3,
               "rounds": t.rounds, "round_ratio_spread": t.ratio_spread,
-              "host_state": "table" if table is not None else "now"}
+              "host_state": "table" if table is not None else "now",
+              **({"anchor_scale": scaled.scale, "anchors": scaled.anchors} if scaled is not None else {})}
     if as_json:
         click.echo(json.dumps(result))
     else:

@@ -300,6 +300,28 @@ def test_validate_reports_errors_and_writes_a_plot(tmp_path, built):
     assert not held & calibration, "held-out metrics exclude the calibration nets and the seed/reference net"
     assert result["reference_net"]["arch_id"] == tiny_space().seed.arch_id
     assert all(len(a["measured_ms_by_pass"]) == 2 for a in result["archs"])
+    anchors = result["anchors"]["arch_ids"]
+    assert set(anchors) <= calibration and len(anchors) >= 2 and anchors[0] == tiny_space().seed.arch_id
+    assert len(result["anchors"]["scale_by_pass"]) == 2 and result["unanchored"]["n"] == 6
+
+
+def test_anchors_are_the_reference_then_calibration_nets_across_the_latency_range(built):
+    table, _ = built
+    anchors = table.anchors(4)
+    assert anchors[0][0].arch_id == tiny_space().seed.arch_id  # the reference net first
+    cal = {n["arch_id"]: n["whole_us"] for n in table.calibration["nets"]}
+    assert all(cal[a.arch_id] == us for a, us in anchors) and len({a.arch_id for a, _ in anchors}) == len(anchors)
+    rest = [us for _, us in anchors[1:]]
+    assert rest == sorted(rest) and 2 <= len(rest) <= 3
+
+
+def test_the_anchor_scale_cancels_an_offset_of_the_whole_measurement():
+    calibrated = [1000.0, 2000.0, 3000.0, 4000.0, 5000.0]
+    host = 1.043  # every net of this measurement reads 4.3% slow (another process, another minute)
+    noisy = [c * host * (1 + e) for c, e in zip(calibrated, [0.01, -0.01, 0.0, 0.3, -0.005], strict=True)]
+    scale = lat.anchor_scale(calibrated, noisy)
+    assert scale == pytest.approx(1 / host, rel=0.006)  # the median: one anchor caught in a spike does not move it
+    assert lat.anchor_scale([], []) == 1.0
 
 
 def test_held_out_nets_include_width_mults_and_pruned_nets_of_a_preset_space():
@@ -527,7 +549,9 @@ def test_cli_predict_and_measure(built):
     assert result.exit_code == 0, result.output
     m = json.loads(result.output)
     assert m["host_state"] == "table" and m["rounds"] == 2
-    assert m["ms"] == pytest.approx(m["ratio_to_reference"] * lat.LatencyTable.load(path).reference_us / 1e3)
+    table = lat.LatencyTable.load(path)  # in the table's scale: the reference's latency there, times the anchors'
+    assert m["ms"] == pytest.approx(m["ratio_to_reference"] * table.reference_us * m["anchor_scale"] / 1e3)
+    assert m["anchors"] == len(table.anchors()) >= 2 and 0.5 < m["anchor_scale"] < 2
 
 
 def test_predict_warns_how_far_outside_the_measured_grid(built):
