@@ -60,6 +60,7 @@ def main() -> None:
             "validate_s": time.time() - t0, "calibration": cal, "protocol": table.meta["protocol"],
             "row_pass_spread_median": table.meta.get("row_pass_spread_median"),
             **{k: v[k] for k in keys}, "offgrid": v["offgrid"], "uncorrected": v["uncorrected"],
+            "unanchored": v["unanchored"], "anchors": v["anchors"],
             "reference_net": v.get("reference_net"), "predictor_vs_each_pass": v["predictor_vs_each_pass"],
             "plot": v["plot"], "archs": v["archs"]}
         r = results[space.name]
@@ -69,7 +70,10 @@ def main() -> None:
               f"±5%, τ {r['kendall_tau']:.3f}, MAPE {100 * r['mape']:.1f}% | off-grid n={o['n']}: "
               f"{100 * o.get('within_10pct', float('nan')):.0f}% ±10% | retest: {100 * r['retest_within_5pct']:.0f}% "
               f"±5%, median |Δ| {r['retest_median_abs_pct']:.2f}%, τ {r['retest_kendall_tau']:.3f} | calibration "
-              f"LOO MAPE {100 * cal.get('loo_mape', float('nan')):.1f}%", flush=True)
+              f"LOO MAPE {100 * cal.get('loo_mape', float('nan')):.1f}% | anchor scale by pass "
+              f"{[round(x, 4) for x in r['anchors']['scale_by_pass']]}; unanchored "
+              f"{100 * r['unanchored']['within_10pct']:.0f}% ±10%, {100 * r['unanchored']['within_5pct']:.0f}% ±5%, "
+              f"τ {r['unanchored']['kendall_tau']:.3f}", flush=True)
     path = write("latency_fidelity", {"resolution": args.resolution, "threads": 1, "targets":
                                       {"within_10pct": 0.95, "within_5pct": 0.75, "kendall_tau": 0.9,
                                                   "retest_within_5pct": 0.9, "retest_kendall_tau": 0.9,

@@ -50,16 +50,14 @@ def stage_features(space: ss.SearchSpace, encoded: np.ndarray) -> np.ndarray:
     """Per stage: depth, width ratio, kernel, SE, h-swish, mean expansion ratio; then log params, log MAdds."""
     enc = np.asarray(encoded, dtype=np.int64).reshape(-1, space.num_decisions)
     cols = []
-    k = 0
     ratios = np.asarray(space.expand_ratios)
-    for st in space.stages:
-        cols += [np.asarray(st.depths)[enc[:, k]], np.asarray(st.width_ratios)[enc[:, k + 1]],
-                 np.asarray(st.kernels)[enc[:, k + 2]], np.asarray(st.se, dtype=float)[enc[:, k + 3]],
-                 (np.asarray(st.acts) == "hswish")[enc[:, k + 4]].astype(float)]
-        slots = enc[:, k + 5:k + 5 + st.max_depth]
+    for st, at in zip(space.stages, space.layout.stages, strict=True):
+        cols += [np.asarray(st.depths)[enc[:, at.depth]], np.asarray(st.width_ratios)[enc[:, at.width]],
+                 np.asarray(st.kernels)[enc[:, at.kernel]], np.asarray(st.se, dtype=float)[enc[:, at.se]],
+                 (np.asarray(st.acts) == "hswish")[enc[:, at.act]].astype(float)]
+        slots = enc[:, at.expands]
         used = slots >= 0
         cols.append(np.where(used, ratios[np.maximum(slots, 0)], 0).sum(1) / used.sum(1))
-        k += 5 + st.max_depth
     p, m = ss.count_encoded(space, enc)
     cols += [np.log(p.astype(float)), np.log(m.astype(float))]
     return np.stack(cols, axis=1).astype(float)

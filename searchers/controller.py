@@ -41,11 +41,10 @@ class Policy(nn.Module):
             for p in self.parameters():
                 p.copy_(torch.empty_like(p).uniform_(-0.1, 0.1, generator=gen))
         # which decision slots are expansions, and the depth decision that governs each
-        self._slot: list[tuple[int, int] | None] = []  # (depth decision index, layer j) for expansion slots
-        k = 0
-        for st in space.stages:
-            self._slot += [None] * 5 + [(k, j) for j in range(st.max_depth)]
-            k += 5 + st.max_depth
+        self._slot: list[tuple[int, int] | None] = [None] * space.num_decisions  # (depth position, layer j)
+        for at in space.layout.stages:
+            for j in range(at.max_depth):
+                self._slot[at.expand(j)] = (at.depth, j)
 
     def run(self, vector: np.ndarray | None = None,
             rng: np.random.Generator | None = None) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
