@@ -23,11 +23,11 @@ from _common import RESULTS, write
 from search_efficiency import load_table
 
 import search_space as ss
+from bneck_common.paths import cache_dir
 from evaluators import ProxyTrainer, Recipe, load_data
 from latency.build import default_reference, measure_whole
 from runs.netadapt_run import Start, run_netadapt
 from runs.worker import FineTuneJob, run_job
-from search_space.paths import cache_dir
 from searchers.netadapt import state_bytes
 
 START_EPOCHS, LONG_EPOCHS = 3.0, 2.0

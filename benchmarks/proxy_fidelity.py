@@ -43,9 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write
 
 import search_space as ss
+from bneck_common.paths import atomic_write, cache_dir
 from evaluators import PROXIES, ProxyTrainer, Recipe, load_data, proxy_score
 from evaluators.trainer import DEFAULT_STEPS
-from search_space.paths import atomic_write, cache_dir
 
 DATA = "builtin:fashion"
 RESOLUTION = 32

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from search_space.paths import cache_dir as default_cache_dir
-from search_space.progress import progress_bar
+from bneck_common.paths import cache_dir as default_cache_dir
+from bneck_common.progress import progress_bar
 
 BUILTINS: tuple[str, ...] = ("digits", "fashion")
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist (MIT); BNECK_FASHION_DIR

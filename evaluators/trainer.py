@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from bneck_common.paths import atomic_write
+from bneck_common.progress import progress_bar
 from search_space import Arch, build_model, count
-from search_space.paths import atomic_write
-from search_space.progress import progress_bar
 
 OPTIMIZERS = ("sgd", "rmsprop")
 

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from bneck_common.paths import cache_dir
+from bneck_common.progress import progress_bar
 from latency.kit import CALIBRATION_WIDTH_MULTS, layer_key, offgrid_anchors, offgrid_archs, write_kit
 from latency.protocol import (
     KIT_FORMAT,
@@ -34,8 +36,6 @@ from latency.protocol import (
 )
 from latency.table import LatencyError, LatencyTable, anchor_scale
 from search_space import Arch, LayerConfig, SearchSpace, build_model, mobilenet_v3_small, onnx_bytes
-from search_space.paths import cache_dir
-from search_space.progress import progress_bar
 
 
 def device_id(threads: int, provider: str) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from bneck_common.paths import atomic_write
 from latency.protocol import KIT_FORMAT, Protocol
 from search_space import (
     Arch,
@@ -30,7 +31,6 @@ from search_space import (
     onnx_bytes,
     preset,
 )
-from search_space.paths import atomic_write
 from search_space.surgery import shrink_expand, shrink_group
 
 

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bneck_common.paths import atomic_write
 from latency.kit import layer_key
 from latency.protocol import PROTOCOL_NAME, STATISTIC, KitError, Protocol, estimate, fingerprint, read_manifest
 from search_space import Arch, Bneck, LayerConfig, SearchSpace, layer_cost, params
-from search_space.paths import atomic_write
 
 TABLE_FORMAT = "bneck-latency-table/2"
 _CFG_FIELDS = [f.name for f in fields(LayerConfig)]

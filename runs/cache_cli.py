@@ -6,9 +6,9 @@ import json
 
 import click
 
+from bneck_common.paths import cache_dir
 from evaluators.trainer import DEFAULT_WEIGHTS_CAP_BYTES, prune_eval_cache
 from runs.errors import console_out
-from search_space.paths import cache_dir
 
 
 @click.group("cache")

@@ -12,6 +12,7 @@ import numpy as np
 from rich.table import Table
 
 import search_space as ss
+from bneck_common.paths import RUNS_DIR
 from runs.cache_cli import cache_group
 from runs.errors import UserError
 from runs.errors import console_err as _err
@@ -22,7 +23,6 @@ from runs.netadapt_cli import netadapt_cmd
 from runs.report_cli import export_run, is_run_dir, report_cmd
 from runs.run_cli import run_cmd
 from runs.search_cli import search_cmd
-from search_space.paths import RUNS_DIR
 
 
 def _fail(exc: Exception) -> UserError:

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bneck_common.paths import atomic_write
 from runs.executors import Executor, WorkerLost
 from runs.rundir import RunDir, best_row
 from runs.worker import TrialOutcome, TrialTask
-from search_space.paths import atomic_write
 
 log = logging.getLogger("bneck.run")
 SEED_STRIDE = 1000  # training seeds of the extra trainings: seed + k * SEED_STRIDE, k = 1..seeds

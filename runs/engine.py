@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 import latency as lat
 import search_space as ss
 import searchers as se
+from bneck_common.paths import atomic_write, cache_dir
 from evaluators import ImageData, ProxyTrainer, load_data
 from evaluators.trainer import prune_eval_cache
 from latency.build import stale_kit
@@ -43,7 +44,6 @@ from runs.rundir import (
     trials_frame,
 )
 from runs.worker import TrialOutcome, TrialTask
-from search_space.paths import atomic_write, cache_dir
 
 log = logging.getLogger("bneck.run")
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import click
 
 import search_space as ss
+from bneck_common.paths import cache_dir
 from evaluators import PROXIES, DataError, ProxyTrainer, Recipe, RecipeError, load_data, proxy_score
 from evaluators.trainer import DEFAULT_STEPS, with_overrides
 from runs.errors import UserError, console_err, console_out
-from search_space.paths import cache_dir
 
 
 @click.command("evaluate")

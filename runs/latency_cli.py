@@ -11,8 +11,8 @@ import click
 
 import latency as lat
 import search_space as ss
+from bneck_common.progress import progress_bar
 from runs.errors import UserError, console_err, console_out
-from search_space.progress import progress_bar
 
 
 def _provider(value: str) -> str:

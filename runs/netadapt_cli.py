@@ -78,10 +78,10 @@ def netadapt_cmd(run_dir: Path | None, trial: int | None, spec: str | None, weig
                  workers: int, threads: int | None, backend: str, address: str | None, out: Path | None,
                  no_progress: bool, **settings_kw: Any) -> None:
     """Prune a trained network layer by layer (NetAdapt, as in MobileNetV3) until the table predicts --target-ms."""
+    from bneck_common.paths import RUNS_DIR
     from evaluators import DataError
     from latency import LatencyError
     from runs.rundir import RunError
-    from search_space.paths import RUNS_DIR
     from searchers.netadapt import NetAdaptError
 
     try:

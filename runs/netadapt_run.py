@@ -127,7 +127,7 @@ def run_netadapt(start: Start, table_path: Path, out: Path, settings_kw: dict[st
     """Load the table, run (or resume) NetAdapt in `out`, export the result to ONNX; returns the summary."""
 
     import latency as lat
-    from search_space.progress import progress_bar
+    from bneck_common.progress import progress_bar
 
     table = lat.LatencyTable.load(table_path)
     num_classes = table.space.num_classes

@@ -16,10 +16,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from bneck_common.paths import RUNS_DIR, atomic_write
 from runs.config import ConfigError, RunConfig, _first_error, default_run_dir, load_saved_config, read_yaml
 from runs.errors import console_err
 from runs.rundir import RunDir
-from search_space.paths import RUNS_DIR, atomic_write
 
 # The main job: evolution with a small population, so that a dozen trials are more than random sampling. On
 # builtin:fashion (Fashion-MNIST's 10k subset) where Debian's dataset-fashion-mnist is installed; builtin:digits

@@ -27,7 +27,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from search_space.paths import atomic_write
+from bneck_common.paths import atomic_write
 
 INTERRUPTED = "interrupted"  # user attr of a trial whose worker or driver died; it is re-run, never counted
 REFERENCE = "reference"  # user attr of the enqueued preset (the reference point of reports)

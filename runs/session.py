@@ -25,6 +25,7 @@ from rich.text import Text
 import latency as lat
 import search_space as ss
 import searchers as se
+from bneck_common.paths import RUNS_DIR, atomic_write
 from evaluators import DataError, RecipeError
 from runs.config import (
     ConfigError,
@@ -38,7 +39,6 @@ from runs.engine import Driver, Setup, claim_study, eta_s, make_setup, resolved,
 from runs.errors import console_err, console_out
 from runs.executors import ExecutorError
 from runs.rundir import RunDir, RunError, best_row, best_trial_row
-from search_space.paths import RUNS_DIR, atomic_write
 
 # what a session raises for a user's mistake (bad config, missing file, unusable backend): one line, exit 2
 USER_ERRORS = (ConfigError, RunError, ExecutorError, DataError, RecipeError, ss.SpecError, se.SearchError,

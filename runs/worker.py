@@ -104,8 +104,8 @@ def evaluate_task(task: TrialTask) -> TrialOutcome:
     import torch
 
     import search_space as ss
+    from bneck_common.paths import cache_dir
     from evaluators import ProxyTrainer, Recipe
-    from search_space.paths import cache_dir
 
     t0 = time.perf_counter()
     data = _data(task.data, task.resolution, task.seed)

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from bneck_common.paths import atomic_write
 from search_space.builder import build_model
-from search_space.paths import atomic_write
 from search_space.spec import Arch, SpecError
 
 ONNX_OPSET = 17

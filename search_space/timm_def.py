@@ -29,7 +29,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from search_space.paths import atomic_write
+from bneck_common.paths import atomic_write
 from search_space.spaces import residual_groups
 from search_space.spec import (
     Activation,

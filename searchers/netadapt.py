@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bneck_common.paths import atomic_write
 from search_space import Arch, Bneck, SpecError
-from search_space.paths import atomic_write
 from search_space.surgery import prune_expand, prune_group, residual_group_of, shrink_expand, shrink_group
 
 SELECTIONS = ("ratio", "accuracy")

@@ -12,8 +12,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from bneck_common.progress import progress_bar
 from search_space import Arch, SearchSpace
-from search_space.progress import progress_bar
 from searchers.base import RandomSearch, SearchError, params_of_vector
 from searchers.controller import ControllerSampler
 from searchers.evolution import RegularizedEvolution
