@@ -49,7 +49,7 @@ def main() -> None:
     space = ss.mobilenet_v3_small_space(num_classes=data.num_classes, resolution=doc["resolution"])
     table, _ = load_table(args.table, ss.mobilenet_v3_small_space())
     model = se.LatencyModel(table, space)
-    target = model.ms(space.seed)
+    target = model.ms(space.preset)
     reward = se.Reward.preset("hard", target)
     trainer = ProxyTrainer(recipe)
     objective = se.SearchObjective(space, model, se.TrainingEvaluator(trainer, data, seed=0), reward,
@@ -63,11 +63,11 @@ def main() -> None:
                             study_name=f"digits-{args.searcher}-{args.seed}")
     print(f"target {target:.3f} ms = MobileNetV3-Small predicted; {args.trials} trials of {args.searcher}; "
           f"study {db}", flush=True)
-    se.run_search(study, objective, args.trials, enqueue=[space.seed], show_progress=True)
+    se.optimize_study(study, objective, args.trials, enqueue=[space.preset], show_progress=True)
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    seed_trial = next(t for t in done if t.user_attrs["arch_id"] == space.seed.arch_id)
+    preset_trial = next(t for t in done if t.user_attrs["arch_id"] == space.preset.arch_id)
     feasible = [t for t in done if t.user_attrs["latency_ms"] <= target and t.user_attrs["arch_id"] !=
-                space.seed.arch_id]
+                space.preset.arch_id]
     # seed-0 top-1 is one noisy split: confirm the top candidates with more seeds and keep the best mean
     ranked = sorted(feasible, key=lambda t: (-t.user_attrs["accuracy"], t.user_attrs["latency_ms"]))
     confirm = list(range(1, 1 + args.confirm_seeds))
@@ -80,7 +80,7 @@ def main() -> None:
                 "params": trial.user_attrs["params"], "madds": trial.user_attrs["madds"]}
 
     candidates = [point(t) for t in ranked[:args.candidates]]
-    points = {"mobilenet_v3_small": point(seed_trial),
+    points = {"mobilenet_v3_small": point(preset_trial),
               "best_found": max(candidates, key=lambda p: (p["top1_mean"], -p["latency_ms"]))}
     n_feasible = sum(t.user_attrs["latency_ms"] <= target for t in done)
     result = {"searcher": args.searcher, "trials": len(study.trials), "feasible_trials": n_feasible,

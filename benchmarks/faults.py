@@ -40,10 +40,10 @@ def tiny_space(name: str = "fault_space") -> Any:
     """A two-stage space around a small seed at 32 px, 10 classes: trials train in a second or two."""
     import search_space as ss
 
-    seed = ss.Arch(ss.Stem(8, act="hswish"),
-                   (ss.Bneck(3, 8, 8, 1, False, "relu"), ss.Bneck(3, 24, 16, 2, True, "hswish")),
-                   ss.Head(conv=32, hidden=64), num_classes=10, resolution=32)
-    return ss.space_around(name, seed, expand_ratios=(1.0, 3.0), width_ratios=(1.0, 1.5),
+    preset = ss.Arch(ss.Stem(8, act="hswish"),
+                     (ss.Bneck(3, 8, 8, 1, False, "relu"), ss.Bneck(3, 24, 16, 2, True, "hswish")),
+                     ss.Head(conv=32, hidden=64), num_classes=10, resolution=32)
+    return ss.space_around(name, preset, expand_ratios=(1.0, 3.0), width_ratios=(1.0, 1.5),
                            kernels=(3, 5), depth_delta=1, num_classes=10, resolution=32)
 
 

@@ -44,8 +44,8 @@ def record(n_nets: int, rounds: int, runs: int, warmup: int, seed: int, threads:
     space = ss.get_space("mobilenet_v3_small_space", resolution=224)
     rng = np.random.default_rng(seed)
     archs = [space.sample(rng) for _ in range(n_nets)]
-    assert space.seed is not None
-    ref_arch = space.seed
+    assert space.preset is not None
+    ref_arch = space.preset
     sessions = [session(ss.onnx_bytes(ss.build_model(a), (1, 3, 224, 224)), threads) for a in archs]
     ref = session(ss.onnx_bytes(ss.build_model(ref_arch), (1, 3, 224, 224)), threads)
     feeds = [feeds_for(s) for s in sessions]

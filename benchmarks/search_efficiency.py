@@ -148,7 +148,7 @@ def run_one(name: str, mode: str, seed: int, budget: int, space: ss.SearchSpace,
     sampler = TimedSampler(se.make_sampler(name, space, seed, latency=model, reward=reward, mode=mode))
     study = se.create_study(obj, sampler)
     t0 = time.perf_counter()
-    se.run_search(study, obj, budget)
+    se.optimize_study(study, obj, budget)
     wall = time.perf_counter() - t0
     trials = sorted(study.trials, key=lambda t: t.number)
     acc = np.array([t.user_attrs["accuracy"] for t in trials])
@@ -165,7 +165,7 @@ def overhead(name: str, trials: int, space: ss.SearchSpace, model: se.LatencyMod
     obj = se.SearchObjective(space, model, surrogate, reward)
     sampler = TimedSampler(se.make_sampler(name, space, 0, latency=model, reward=reward))
     t0 = time.perf_counter()
-    se.run_search(se.create_study(obj, sampler), obj, trials)
+    se.optimize_study(se.create_study(obj, sampler), obj, trials)
     tail = [sampler.seconds[n] for n in range(int(trials * 0.95), trials)]
     return {"trials": trials, "ms_per_trial_at_end": 1e3 * float(np.mean(tail)),
             "ms_per_trial_mean": 1e3 * float(np.mean(list(sampler.seconds.values()))),
@@ -191,7 +191,7 @@ def main() -> None:
     ap.add_argument("--seed-offset", type=int, default=0)
     ap.add_argument("--overhead-trials", type=int, default=1000, help="0 skips the overhead measurement")
     ap.add_argument("--table", default=None, help="latency table (default: this machine's cached 224 px table)")
-    ap.add_argument("--reward", default="mobilenet_v3", choices=sorted(se.reward.PRESETS),
+    ap.add_argument("--reward", default="mobilenet_v3", choices=sorted(se.reward.REWARD_PRESETS),
                     help="mobilenet_v3 (soft, -0.15; default), mnasnet (soft, -0.07) or hard (0, -1)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -202,7 +202,7 @@ def main() -> None:
     space = ss.mobilenet_v3_small_space(num_classes=10, resolution=doc["resolution"])
     table, build_s = load_table(args.table, ss.mobilenet_v3_small_space())
     model = se.LatencyModel(table, space)
-    target = model.ms(space.seed)
+    target = model.ms(space.preset)
     reward = se.Reward.preset(args.reward, target)
     surrogate = Surrogate(space, doc["rows"])
     print(f"target {target:.3f} ms (MobileNetV3-Small, predicted); surrogate on {surrogate.n_rows} measured rows, "

@@ -235,11 +235,11 @@ def make_kit(kit: Path, space: SearchSpace, resolution: int, threads: int = 1, a
              show_progress: bool = True, skip_keys: set[str] | frozenset[str] = frozenset()) -> Path:
     """Write the kit for `space` at `resolution`: its layer configs and the off-grid anchors below them, `add`'s
     layers, the seed network as reference and `n_calibration` sampled networks (seeded) for the calibration."""
-    if space.seed is None:
+    if space.preset is None:
         raise LatencyError(f"space {space.name} has no seed network to use as the reference")
     rng = np.random.default_rng(seed)
     n_off = n_calibration // 4  # a quarter off the grid: the table is used on pruned and thinned nets too
-    calibration = [space.seed, *[space.sample(rng) for _ in range(n_calibration - n_off)]]
+    calibration = [space.preset, *[space.sample(rng) for _ in range(n_calibration - n_off)]]
     seen = {a.arch_id for a in calibration}
     for _, a in offgrid_archs(space, n_off, seed + 1000, CALIBRATION_WIDTH_MULTS):
         if len(calibration) <= n_calibration and a.arch_id not in seen:
@@ -256,7 +256,7 @@ def make_kit(kit: Path, space: SearchSpace, resolution: int, threads: int = 1, a
         for c in a.layers():
             layers.setdefault(layer_key(c), c)
     if not show_progress:
-        return write_kit(kit, space, resolution, space.seed, calibration, threads, list(layers.values()), protocol,
+        return write_kit(kit, space, resolution, space.preset, calibration, threads, list(layers.values()), protocol,
                          workers, skip_keys=skip_keys, seed=seed)
     with progress_bar("exporting graphs") as prog:
         task = prog.add_task("export", total=1)
@@ -264,7 +264,7 @@ def make_kit(kit: Path, space: SearchSpace, resolution: int, threads: int = 1, a
         def on_export(done: int, total: int) -> None:
             prog.update(task, completed=done, total=total)
 
-        return write_kit(kit, space, resolution, space.seed, calibration, threads, list(layers.values()), protocol,
+        return write_kit(kit, space, resolution, space.preset, calibration, threads, list(layers.values()), protocol,
                          workers, on_export, skip_keys=skip_keys, seed=seed)
 
 

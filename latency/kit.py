@@ -140,7 +140,7 @@ def offgrid_archs(space: SearchSpace, n_pruned: int, seed: int,
     an expansion or a residual group's width to 40-90%, multiples of 8), as NetAdapt and uniform thinning make:
     the calibration fits on some, `validate` holds out others (another seed)."""
     out: list[tuple[str, Arch]] = []
-    base = space.seed
+    base = space.preset
     name = PRESET_OF_SPACE.get(space.name)
     if base is not None and name and preset(name, 1.0, base.resolution, base.num_classes) == base:
         out += [(f"width_mult_{a:g}", preset(name, a, base.resolution, base.num_classes)) for a in width_mults]
@@ -160,7 +160,7 @@ def offgrid_archs(space: SearchSpace, n_pruned: int, seed: int,
                     arch = shrink_group(arch, i, max(8, int(width * rng.uniform(0.4, 0.9)) // 8 * 8))
             except (SpecError, AttributeError):
                 continue
-        if space.seed is None or arch != space.seed:
+        if space.preset is None or arch != space.preset:
             out.append(("pruned", arch))
     return out
 

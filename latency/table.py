@@ -589,7 +589,7 @@ class LatencyTable:
         is the identity and its fingerprint is this machine's, so it loads without a device warning."""
         if space.resolution != resolution:
             space = SearchSpace.from_dict({**space.to_dict(), "resolution": resolution})
-        if space.seed is None:
+        if space.preset is None:
             raise LatencyError(f"space {space.name} has no seed network to use as the reference")
         records = []
         for cfg in space.layer_configs(resolution):
@@ -603,10 +603,10 @@ class LatencyTable:
                       "num_classes": info["num_classes"], "definition": info},
             "resolution": resolution, "threads": threads,
             "fingerprint": fingerprint(threads, "CPUExecutionProvider"), "protocol": {"name": "synthetic"},
-            "reference": {"arch": space.seed.to_string(), "median_us": 0.0}, "created": None,
+            "reference": {"arch": space.preset.to_string(), "median_us": 0.0}, "created": None,
             "calibration": {"features": ["sum_us"], "coef": [1.0], "n_nets": 0}}
         table = cls(pd.DataFrame.from_records(records), meta)
-        table.meta["reference"]["median_us"] = table.predict_us(space.seed)
+        table.meta["reference"]["median_us"] = table.predict_us(space.preset)
         return table
 
 

@@ -62,8 +62,8 @@ def held_out(table: LatencyTable, n: int, seed: int, archs: Sequence[Arch] = (),
     net or the reference, each once."""
     space = table.space
     excluded = {c["arch_id"] for c in table.calibration.get("nets", [])}
-    if space.seed is not None:
-        excluded.add(space.seed.arch_id)
+    if space.preset is not None:
+        excluded.add(space.preset.arch_id)
     excluded.add(Arch.parse(table.meta["reference"]["arch"]).arch_id)
     chosen: list[tuple[str, Arch]] = []
     seen = set(excluded)
@@ -90,8 +90,8 @@ def validate(table: LatencyTable, n: int = 50, seed: int = 1, rounds: int | None
              progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Measure held-out architectures of the table's space (see `held_out`) against their predictions."""
     chosen = held_out(table, n, seed, archs, n_pruned)
-    seed_arch = table.space.seed
-    nets = [a for _, a in chosen] + ([seed_arch] if seed_arch is not None else [])
+    preset_arch = table.space.preset
+    nets = [a for _, a in chosen] + ([preset_arch] if preset_arch is not None else [])
     protocol = Protocol.from_dict(table.meta["protocol"])
     n_rounds = protocol.rounds if rounds is None else rounds
     passes: list[np.ndarray] = []
@@ -114,7 +114,7 @@ def validate(table: LatencyTable, n: int = 50, seed: int = 1, rounds: int | None
     uncorrected = np.array([table.block_sum_us(a) for a in nets])
     kinds = [k for k, _ in chosen]
     h = len(chosen)  # the held-out nets come first, then the seed when there is one
-    labels = [*kinds, *(["reference"] if seed_arch is not None else [])]
+    labels = [*kinds, *(["reference"] if preset_arch is not None else [])]
     offgrid = np.array([k == "pruned" or k.startswith("width_mult") for k in kinds])
     result: dict[str, Any] = {**metrics(predicted[:h], measured[:h]),
                               "uncorrected": metrics(uncorrected[:h], measured[:h]),
@@ -125,8 +125,8 @@ def validate(table: LatencyTable, n: int = 50, seed: int = 1, rounds: int | None
                                           "scale_by_pass": scales},
                               "rounds": n_rounds, "repeat": repeat, "table_reference_us": table.reference_us,
                               "round_ratio_spread_median": float(np.median(np.concatenate(spreads)))}
-    if seed_arch is not None:
-        result["reference_net"] = {"arch_id": seed_arch.arch_id, "predicted_ms": predicted[h] / 1e3,
+    if preset_arch is not None:
+        result["reference_net"] = {"arch_id": preset_arch.arch_id, "predicted_ms": predicted[h] / 1e3,
                                    "measured_ms": measured[h] / 1e3, "unanchored_ms": unanchored[h] / 1e3,
                                    "error_pct": float(100 * (predicted[h] - measured[h]) / measured[h])}
     if repeat >= 2:

@@ -17,7 +17,7 @@ import search_space as ss
 from evaluators import Recipe, RecipeError
 from evaluators.trainer import DEFAULT_STEPS
 from search_space.host import usable_cpus
-from searchers import OPTIONS, PARETO_STRATEGIES, PRESETS, STRATEGIES
+from searchers import OPTIONS, PARETO_STRATEGIES, REWARD_PRESETS, STRATEGIES
 
 
 class ConfigError(ValueError):
@@ -97,8 +97,8 @@ class RunConfig(BaseModel):
     @field_validator("reward")
     @classmethod
     def _known_reward(cls, v: str) -> str:
-        if v not in PRESETS:
-            raise ValueError(f"unknown reward preset {v!r} (known: {', '.join(PRESETS)})")
+        if v not in REWARD_PRESETS:
+            raise ValueError(f"unknown reward preset {v!r} (known: {', '.join(REWARD_PRESETS)})")
         return v
 
     @field_validator("searcher")

@@ -110,7 +110,7 @@ def make_setup(config: RunConfig, show_progress: bool = True) -> Setup:
     space = search_space_of(config, data.num_classes, config.resolution)
     table, table_path = resolve_table(config, show_progress)
     model = se.LatencyModel(table, space)
-    target = config.target_ms if config.target_ms is not None else model.ms(space.seed)
+    target = config.target_ms if config.target_ms is not None else model.ms(space.preset)
     reward = se.Reward.preset(config.reward, target)
     if config.alpha is not None or config.beta is not None:
         reward = se.Reward(target, reward.alpha if config.alpha is None else config.alpha,
@@ -358,7 +358,7 @@ class Driver:
 def enqueue_reference(study: optuna.Study, space: ss.SearchSpace) -> None:
     """The space's preset (e.g. MobileNetV3-Small) as trial 0: the point every report compares against."""
     if not study.get_trials(deepcopy=False):
-        study.enqueue_trial(se.params_of_vector(space, space.encode(space.seed)), user_attrs={REFERENCE: True})
+        study.enqueue_trial(se.params_of_vector(space, space.encode(space.preset)), user_attrs={REFERENCE: True})
 
 
 def run_search(setup: Setup, run: RunDir, on_update: Any = None,

@@ -1,7 +1,7 @@
-"""Factorized hierarchical search spaces (MnasNet §4) around a seed network.
+"""Factorized hierarchical search spaces (MnasNet §4) around a preset network.
 
 A space is a fixed sequence of stages (residual groups). Per stage it decides the number of layers, the
-output width (a ratio of the seed's width), and, tied across the stage as in MnasNet, the depthwise kernel,
+output width (a ratio of the preset's width), and, tied across the stage as in MnasNet, the depthwise kernel,
 SE and nonlinearity. Each layer picks its own expansion ratio: MobileNetV3's expansions vary inside a
 stage (240, 200, 184, 184), so per-layer expansion is what makes the presets exact points of the space.
 
@@ -75,7 +75,7 @@ class SearchSpace:
 
     def __init__(self, name: str, stem: Stem, stages: Sequence[Stage], expand_ratios: Sequence[float],
                  head: Head, num_classes: int = 1000, resolution: int = 224, width_mult: float = 1.0,
-                 seed: Arch | None = None) -> None:
+                 preset: Arch | None = None) -> None:
         if not stages:
             raise SpecError("a search space needs at least one stage")
         self.name = name
@@ -86,7 +86,7 @@ class SearchSpace:
         self.num_classes = num_classes
         self.resolution = resolution
         self.width_mult = width_mult
-        self.seed = seed  # the network the space was built around (contained exactly), if any
+        self.preset = preset  # the network the space was built around (contained exactly), if any
         self.layout = VectorLayout.of([st.max_depth for st in self.stages])  # where each decision sits
         decisions: list[Decision] = []
         for i, st in enumerate(self.stages):
@@ -384,7 +384,9 @@ class SearchSpace:
                          "stride": self.stem.stride, "act": self.stem.act},
                 "head": {"conv": self.head.conv, "conv_act": self.head.conv_act, "hidden": self.head.hidden,
                          "hidden_act": self.head.hidden_act, "dropout": self.head.dropout},
-                "seed": self.seed.to_string() if self.seed is not None else None,
+                # The preset's key stays "seed" (the attribute's old name): latency tables (meta space.definition),
+                # kit manifests and space .json files store this dict, and they must keep loading unchanged.
+                "seed": self.preset.to_string() if self.preset is not None else None,
                 "stages": [{"base_out": st.base_out, "stride": st.stride, "depths": list(st.depths),
                             "width_ratios": list(st.width_ratios), "widths": list(st.widths),
                             "kernels": list(st.kernels), "se": list(st.se), "acts": list(st.acts)}
@@ -397,7 +399,7 @@ class SearchSpace:
                             width_ratios=tuple(st["width_ratios"]), kernels=tuple(st["kernels"]), se=tuple(st["se"]),
                             acts=tuple(st["acts"])) for st in d["stages"]]
             return cls(d["name"], Stem(**d["stem"]), stages, d["expand_ratios"], Head(**d["head"]), d["num_classes"],
-                       d["resolution"], d.get("width_mult", 1.0),
+                       d["resolution"], d.get("width_mult", 1.0),  # "seed" is the preset's key (see to_dict)
                        Arch.parse(d["seed"]).replace(resolution=d["resolution"], num_classes=d["num_classes"])
                        if d.get("seed") else None)
         except (KeyError, TypeError) as exc:
@@ -463,15 +465,15 @@ class LayerTables:
         return total.reshape((n, *self.stem.shape))
 
 
-def space_around(name: str, seed: Arch, expand_ratios: Sequence[float], *,
+def space_around(name: str, preset: Arch, expand_ratios: Sequence[float], *,
                  width_ratios: Sequence[float] = (0.75, 1.0, 1.25), kernels: Sequence[int] = (3, 5, 7),
                  depth_delta: int = 1, num_classes: int = 1000, resolution: int = 224,
                  width_mult: float = 1.0) -> SearchSpace:
-    """A space whose stages are the seed's residual groups (a new stage at every stride 2 or width change),
-    with per-stage depth seed±`depth_delta`, width ratios, kernels, SE on/off and ReLU/h-swish."""
-    if not all(isinstance(b, Bneck) for b in seed.blocks):
+    """A space whose stages are the preset's residual groups (a new stage at every stride 2 or width change),
+    with per-stage depth preset±`depth_delta`, width ratios, kernels, SE on/off and ReLU/h-swish."""
+    if not all(isinstance(b, Bneck) for b in preset.blocks):
         raise SpecError("space_around needs a seed made of bneck blocks")
-    _, groups = residual_groups(seed.stem.out, seed.blocks)
+    _, groups = residual_groups(preset.stem.out, preset.blocks)
     stages = []
     for g in groups:
         n = len(g)
@@ -479,8 +481,8 @@ def space_around(name: str, seed: Arch, expand_ratios: Sequence[float], *,
         stages.append(Stage(base_out=g[0].out, stride=g[0].stride, depths=depths,
                             width_ratios=tuple(width_ratios), kernels=tuple(kernels), se=(False, True),
                             acts=("relu", "hswish")))
-    return SearchSpace(name, seed.stem, stages, expand_ratios, seed.head, num_classes, resolution, width_mult,
-                       seed.replace(num_classes=num_classes, resolution=resolution))
+    return SearchSpace(name, preset.stem, stages, expand_ratios, preset.head, num_classes, resolution, width_mult,
+                       preset.replace(num_classes=num_classes, resolution=resolution))
 
 
 # Expansion ratios: MnasNet's {3, 6}, 1 for the first stage, and the ratios MobileNetV3's NetAdapt step left
@@ -492,16 +494,16 @@ V3_SMALL_RATIOS = (1.0, 3.0, 3.67, 4.0, 4.5, 6.0)
 def mobilenet_v3_large_space(width_mult: float = 1.0, num_classes: int = 1000,
                              resolution: int = 224) -> SearchSpace:
     """The MnasNet-style space around MobileNetV3-Large (contains it exactly)."""
-    seed = mobilenet_v3_large(width_mult, resolution, num_classes)
-    return space_around("mobilenet_v3_large_space", seed, V3_LARGE_RATIOS, num_classes=num_classes,
+    preset = mobilenet_v3_large(width_mult, resolution, num_classes)
+    return space_around("mobilenet_v3_large_space", preset, V3_LARGE_RATIOS, num_classes=num_classes,
                         resolution=resolution, width_mult=width_mult)
 
 
 def mobilenet_v3_small_space(width_mult: float = 1.0, num_classes: int = 1000,
                              resolution: int = 224) -> SearchSpace:
     """The MnasNet-style space around MobileNetV3-Small (contains it exactly)."""
-    seed = mobilenet_v3_small(width_mult, resolution, num_classes)
-    return space_around("mobilenet_v3_small_space", seed, V3_SMALL_RATIOS, num_classes=num_classes,
+    preset = mobilenet_v3_small(width_mult, resolution, num_classes)
+    return space_around("mobilenet_v3_small_space", preset, V3_SMALL_RATIOS, num_classes=num_classes,
                         resolution=resolution, width_mult=width_mult)
 
 

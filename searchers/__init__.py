@@ -30,14 +30,22 @@ from searchers.objective import (
     TrainingEvaluator,
 )
 from searchers.predictor import AccuracyPredictor, PredictorSampler
-from searchers.reward import PRESETS, Reward, RewardError
-from searchers.search import OPTIONS, PARETO_STRATEGIES, STRATEGIES, create_study, finished, make_sampler, run_search
+from searchers.reward import REWARD_PRESETS, Reward, RewardError
+from searchers.search import (
+    OPTIONS,
+    PARETO_STRATEGIES,
+    STRATEGIES,
+    create_study,
+    finished,
+    make_sampler,
+    optimize_study,
+)
 
 __all__ = [
-    "OPTIONS", "PARETO_STRATEGIES", "PRESETS", "STRATEGIES", "AccuracyPredictor", "ArchSampler", "ControllerSampler",
-    "Evaluation", "EvaluationFailed", "FineTuneOutcome", "FineTuneRequest", "History", "LatencyModel", "Move",
-    "NetAdapt", "NetAdaptError", "NetAdaptSettings", "Pending", "Policy", "PredictorSampler", "Proposal",
-    "RandomSearch", "RegularizedEvolution", "Reward", "RewardError", "SearchError", "SearchObjective",
-    "TrainingEvaluator", "create_study", "finished", "history", "make_sampler", "params_of_vector", "propose",
-    "run_search", "vector_of_params",
+    "OPTIONS", "PARETO_STRATEGIES", "REWARD_PRESETS", "STRATEGIES", "AccuracyPredictor", "ArchSampler",
+    "ControllerSampler", "Evaluation", "EvaluationFailed", "FineTuneOutcome", "FineTuneRequest", "History",
+    "LatencyModel", "Move", "NetAdapt", "NetAdaptError", "NetAdaptSettings", "Pending", "Policy", "PredictorSampler",
+    "Proposal", "RandomSearch", "RegularizedEvolution", "Reward", "RewardError", "SearchError", "SearchObjective",
+    "TrainingEvaluator", "create_study", "finished", "history", "make_sampler", "optimize_study", "params_of_vector",
+    "propose", "vector_of_params",
 ]

@@ -152,5 +152,5 @@ class Pending:
 
 
 class EvaluationFailed(RuntimeError):
-    """Raised inside a trial when the evaluator reports failure (Optuna records the trial as FAIL; `run_search`
+    """Raised inside a trial when the evaluator reports failure (Optuna records the trial as FAIL; `optimize_study`
     catches it so the search goes on)."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-PRESETS: dict[str, tuple[float, float]] = {
+REWARD_PRESETS: dict[str, tuple[float, float]] = {
     "mnasnet": (-0.07, -0.07),
     "mobilenet_v3": (-0.15, -0.15),
     "hard": (0.0, -1.0),
@@ -43,9 +43,9 @@ class Reward:
     @classmethod
     def preset(cls, name: str, target_ms: float) -> Reward:
         """`mnasnet` (soft, -0.07), `mobilenet_v3` (soft, -0.15) or `hard` (alpha 0, beta -1)."""
-        if name not in PRESETS:
-            raise RewardError(f"unknown reward {name!r} (known: {', '.join(PRESETS)})")
-        alpha, beta = PRESETS[name]
+        if name not in REWARD_PRESETS:
+            raise RewardError(f"unknown reward {name!r} (known: {', '.join(REWARD_PRESETS)})")
+        alpha, beta = REWARD_PRESETS[name]
         return cls(target_ms, alpha, beta)
 
     def __call__(self, accuracy: float, latency_ms: float) -> float:

@@ -1,6 +1,6 @@
 """Strategies by name, and a search = an Optuna study driven by one of them.
 
-`make_sampler` is the one place that knows the strategy names and their options; `run_search` runs a study up
+`make_sampler` is the one place that knows the strategy names and their options; `optimize_study` runs a study up
 to a total budget of finished trials, so calling it again on the same storage resumes where it stopped.
 """
 
@@ -83,12 +83,12 @@ def create_study(objective: SearchObjective, sampler: optuna.samplers.BaseSample
                                directions=objective.directions, load_if_exists=load_if_exists)
 
 
-def run_search(study: optuna.Study, objective: SearchObjective, n_trials: int, *,
-               enqueue: Sequence[Arch] = (), show_progress: bool = False,
-               callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = ()) -> optuna.Study:
+def optimize_study(study: optuna.Study, objective: SearchObjective, n_trials: int, *,
+                   enqueue: Sequence[Arch] = (), show_progress: bool = False,
+                   callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = ()) -> optuna.Study:
     """Run `study` until `n_trials` trials have finished in total (a resumed study runs only the rest).
 
-    `enqueue` architectures (e.g. the space's seed network) are evaluated first, once per study. Failed
+    `enqueue` architectures (e.g. the space's preset network) are evaluated first, once per study. Failed
     evaluations are recorded as FAIL trials and the search goes on.
     """
     if not isinstance(n_trials, int) or n_trials < 1:

@@ -30,11 +30,11 @@ FAST = lat.Protocol(warmup_runs=1, burst_runs=3, burst_min_s=0.0, passes=2, roun
 
 
 def tiny_space() -> ss.SearchSpace:
-    seed = ss.Arch(ss.Stem(8, act="hswish"),
-                   (ss.Bneck(3, 8, 8, 1, False, "relu"), ss.Bneck(3, 24, 16, 2, True, "hswish"),
-                    ss.Bneck(3, 48, 16, 1, True, "hswish")),
-                   ss.Head(conv=32, hidden=64), num_classes=4, resolution=32)
-    return ss.space_around("tiny_space", seed, expand_ratios=(1.0, 3.0), width_ratios=(1.0,), kernels=(3, 5),
+    preset = ss.Arch(ss.Stem(8, act="hswish"),
+                     (ss.Bneck(3, 8, 8, 1, False, "relu"), ss.Bneck(3, 24, 16, 2, True, "hswish"),
+                      ss.Bneck(3, 48, 16, 1, True, "hswish")),
+                     ss.Head(conv=32, hidden=64), num_classes=4, resolution=32)
+    return ss.space_around("tiny_space", preset, expand_ratios=(1.0, 3.0), width_ratios=(1.0,), kernels=(3, 5),
                            depth_delta=0, num_classes=4, resolution=32)
 
 
@@ -66,7 +66,7 @@ def test_build_measures_every_layer_config_and_records_metadata(built):
     assert meta["resolution"] == 32 and meta["threads"] == 1
     assert meta["fingerprint"]["cores"] == os.cpu_count()
     assert meta["protocol"]["name"] == "bneck-ort/2" and meta["protocol"]["passes"] == 2
-    assert meta["reference"]["median_us"] > 0 and meta["reference"]["arch"] == space.seed.to_string()
+    assert meta["reference"]["median_us"] > 0 and meta["reference"]["arch"] == space.preset.to_string()
     assert meta["calibration"]["n_nets"] == 6  # the seed + 5 sampled
     assert len(meta["calibration"]["coef"]) == len(meta["calibration"]["features"])
     assert not (path.with_name(path.name + ".kit") / "blocks").exists(), "graph files are removed after a build"
@@ -123,7 +123,7 @@ def test_wrong_resolution_or_threads_is_an_error(built):
 
 def test_missing_entries_are_listed_with_the_command_that_adds_them(built):
     table, _ = built
-    arch = tiny_space().seed
+    arch = tiny_space().preset
     blocks = list(arch.blocks)
     blocks[1] = ss.Bneck(7, 24, 16, 2, True, "hswish")  # kernel 7: no measured family to interpolate from
     odd = arch.replace(blocks=tuple(blocks))
@@ -133,7 +133,7 @@ def test_missing_entries_are_listed_with_the_command_that_adds_them(built):
 
 def test_pruned_widths_are_interpolated_within_their_family(built):
     table, _ = built
-    arch = tiny_space().seed
+    arch = tiny_space().preset
     pruned = arch.replace(blocks=(arch.blocks[0], ss.Bneck(3, 40, 16, 2, True, "hswish"), *arch.blocks[2:]))
     cfg = pruned.layers()[2]
     assert lat.layer_key(cfg) not in set(table.entries["key"])
@@ -163,7 +163,7 @@ def test_interpolation_is_exact_on_a_linear_family():
 def test_add_extends_a_table_with_new_layers(tmp_path):
     out = tmp_path / "t.parquet"
     lat.build_table(tiny_space(), 32, out=out, n_calibration=3, protocol=FAST, workers=1, show_progress=False)
-    arch = tiny_space().seed
+    arch = tiny_space().preset
     odd = arch.replace(blocks=(arch.blocks[0], ss.Bneck(3, 40, 16, 2, True, "hswish"), *arch.blocks[2:]))
     table, _ = lat.build_table(tiny_space(), 32, out=out, add=[odd], n_calibration=3, protocol=FAST, workers=1,
                                show_progress=False)
@@ -296,19 +296,19 @@ def test_validate_reports_errors_and_writes_a_plot(tmp_path, built):
     assert Path(result["plot"]).stat().st_size > 1000
     held = {a["arch_id"] for a in result["archs"] if a["kind"] != "reference"}
     calibration = {n["arch_id"] for n in table.calibration["nets"]}
-    assert tiny_space().seed.arch_id in calibration
+    assert tiny_space().preset.arch_id in calibration
     assert not held & calibration, "held-out metrics exclude the calibration nets and the seed/reference net"
-    assert result["reference_net"]["arch_id"] == tiny_space().seed.arch_id
+    assert result["reference_net"]["arch_id"] == tiny_space().preset.arch_id
     assert all(len(a["measured_ms_by_pass"]) == 2 for a in result["archs"])
     anchors = result["anchors"]["arch_ids"]
-    assert set(anchors) <= calibration and len(anchors) >= 2 and anchors[0] == tiny_space().seed.arch_id
+    assert set(anchors) <= calibration and len(anchors) >= 2 and anchors[0] == tiny_space().preset.arch_id
     assert len(result["anchors"]["scale_by_pass"]) == 2 and result["unanchored"]["n"] == 6
 
 
 def test_anchors_are_the_reference_then_calibration_nets_across_the_latency_range(built):
     table, _ = built
     anchors = table.anchors(4)
-    assert anchors[0][0].arch_id == tiny_space().seed.arch_id  # the reference net first
+    assert anchors[0][0].arch_id == tiny_space().preset.arch_id  # the reference net first
     cal = {n["arch_id"]: n["whole_us"] for n in table.calibration["nets"]}
     assert all(cal[a.arch_id] == us for a, us in anchors) and len({a.arch_id for a, _ in anchors}) == len(anchors)
     rest = [us for _, us in anchors[1:]]
@@ -331,7 +331,7 @@ def test_held_out_nets_include_width_mults_and_pruned_nets_of_a_preset_space():
     kinds = [k for k, _ in chosen]
     assert kinds.count("sampled") == 3 and kinds.count("pruned") == 4
     assert {"width_mult_0.5", "width_mult_0.75", "width_mult_1.25"} <= set(kinds)
-    assert space.seed.arch_id not in {a.arch_id for _, a in chosen}
+    assert space.preset.arch_id not in {a.arch_id for _, a in chosen}
     for _, a in chosen:
         assert table.predict_ms(a) > 0  # off-grid widths are interpolated, not missing
 
@@ -386,7 +386,7 @@ def test_resume_after_kill_keeps_measured_rows(tmp_path):
 def test_kit_resume_after_a_torn_write_keeps_every_complete_row(tmp_path):
     kit = tmp_path / "kit"
     space = tiny_space()
-    lat.write_kit(kit, space, 32, space.seed, [space.sample(1)], protocol=FAST, workers=1)
+    lat.write_kit(kit, space, 32, space.preset, [space.sample(1)], protocol=FAST, workers=1)
     results = kit / "results.csv"
     lat.run_kit(kit)
     lines = results.read_bytes().splitlines(keepends=True)
@@ -452,7 +452,7 @@ def test_two_builds_of_one_table_at_once_measure_it_once(tmp_path):
 
 def test_a_kit_of_the_old_format_is_refused_by_measure_py_and_import(tmp_path):
     kit = tmp_path / "kit"
-    lat.write_kit(kit, tiny_space(), 32, tiny_space().seed, [], protocol=FAST, workers=1)
+    lat.write_kit(kit, tiny_space(), 32, tiny_space().preset, [], protocol=FAST, workers=1)
     manifest = json.loads((kit / "manifest.json").read_text())
     (kit / "manifest.json").write_text(json.dumps({**manifest, "format": "bneck-latency-kit/1"}))
     res = subprocess.run([sys.executable, str(kit / "measure.py")], capture_output=True, text=True, timeout=120)
@@ -475,7 +475,7 @@ def test_a_table_of_the_old_format_is_refused_with_what_to_do(tmp_path, built):
 @pytest.mark.slow
 def test_kit_runs_in_a_venv_with_only_onnxruntime_and_numpy(tmp_path):
     kit = tmp_path / "kit"
-    lat.write_kit(kit, tiny_space(), 32, tiny_space().seed, [tiny_space().sample(1), tiny_space().sample(2),
+    lat.write_kit(kit, tiny_space(), 32, tiny_space().preset, [tiny_space().sample(1), tiny_space().sample(2),
                                                               tiny_space().sample(4)], protocol=FAST, workers=1)
     venv = tmp_path / "venv"  # a bare interpreter that sees only onnxruntime and numpy (no network, no pip)
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
@@ -505,7 +505,7 @@ def test_kit_runs_in_a_venv_with_only_onnxruntime_and_numpy(tmp_path):
 
 def test_import_of_an_unfinished_kit_says_what_to_do(tmp_path):
     kit = tmp_path / "kit"
-    lat.write_kit(kit, tiny_space(), 32, tiny_space().seed, [], protocol=FAST, workers=1)
+    lat.write_kit(kit, tiny_space(), 32, tiny_space().preset, [], protocol=FAST, workers=1)
     with pytest.raises(lat.LatencyError, match=r"run the kit's measure\.py first"):
         lat.LatencyTable.from_kit(kit)
 
@@ -557,13 +557,13 @@ def test_cli_predict_and_measure(built):
 def test_predict_warns_how_far_outside_the_measured_grid(built):
     """`latency predict` of an expansion far beyond the grid still answers, but says it is a guess and how far."""
     table, path = built
-    seed = tiny_space().seed
-    assert table.extrapolation(seed) == []
+    preset = tiny_space().preset
+    assert table.extrapolation(preset) == []
     import dataclasses
 
-    blocks = list(seed.blocks)
+    blocks = list(preset.blocks)
     blocks[2] = dataclasses.replace(blocks[2], expand=4000)
-    wide = seed.replace(blocks=tuple(blocks))
+    wide = preset.replace(blocks=tuple(blocks))
     lines = table.extrapolation(wide)
     assert len(lines) == 1 and "layer 3" in lines[0] and "expansion width 4000" in lines[0]
     e = table.entries

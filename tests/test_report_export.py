@@ -36,12 +36,12 @@ def invoke(args: list[str], tmp: Path):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    """A finished 3-trial run (trial 0 = the space's seed, the reference) over a tiny space and table."""
+    """A finished 3-trial run (trial 0 = the space's preset, the reference) over a tiny space and table."""
     d = tmp_path_factory.mktemp("report")
-    seed = ss.Arch(ss.Stem(8, act="hswish"),
-                   (ss.Bneck(3, 8, 8, 1, True, "relu"), ss.Bneck(3, 24, 16, 2, True, "hswish")),
-                   ss.Head(conv=32, hidden=64), num_classes=10, resolution=32)
-    space = ss.space_around("tiny_space", seed, expand_ratios=(1.0, 3.0), width_ratios=(1.0,), kernels=(3, 5),
+    preset = ss.Arch(ss.Stem(8, act="hswish"),
+                     (ss.Bneck(3, 8, 8, 1, True, "relu"), ss.Bneck(3, 24, 16, 2, True, "hswish")),
+                     ss.Head(conv=32, hidden=64), num_classes=10, resolution=32)
+    space = ss.space_around("tiny_space", preset, expand_ratios=(1.0, 3.0), width_ratios=(1.0,), kernels=(3, 5),
                             depth_delta=1, num_classes=10, resolution=32)
     (d / "space.json").write_text(json.dumps(space.to_dict()))
     lat.build_table(space, 32, out=d / "table.parquet", n_calibration=3, protocol=FAST, workers=1,

@@ -88,8 +88,8 @@ def test_flags_override_the_file_and_the_resolved_config_is_saved(tiny, tmp_path
     assert saved["target_ms"] > 0 and Path(saved["table"]).is_file()  # machine-dependent defaults made explicit
     frame = assert_exact_budget(out, 2)
     assert frame.loc[frame["trial"] == 0, "reference"].item()  # the space's preset is trial 0
-    seed_arch = ss.SearchSpace.from_dict(json.loads(tiny["space"].read_text())).seed
-    assert ss.Arch.parse(frame.loc[0, "arch"]).arch_id == seed_arch.replace(num_classes=10).arch_id
+    preset_arch = ss.SearchSpace.from_dict(json.loads(tiny["space"].read_text())).preset
+    assert ss.Arch.parse(frame.loc[0, "arch"]).arch_id == preset_arch.replace(num_classes=10).arch_id
     assert frame.loc[0, "latency_ms"] == pytest.approx(saved["target_ms"])
     for name in ("study.db", "pareto.json", "best/spec.json", "best/model.onnx", "best/weights.pt", "logs"):
         assert (out / name).exists(), name
@@ -315,7 +315,7 @@ def test_an_architecture_that_keeps_killing_its_worker_fails_and_the_search_goes
     config = load_config(write_config(tiny, tmp_path / "run.yaml", trials=3, steps=1)).model_copy(
         update={"study": "oom"})
     setup = make_setup(config, show_progress=False)
-    doomed = setup.space.seed.replace(num_classes=10, resolution=32).to_string()
+    doomed = setup.space.preset.replace(num_classes=10, resolution=32).to_string()
 
     class Dying:
         slots = 1

@@ -43,7 +43,7 @@ def toy_accuracy(arch: ss.Arch) -> float:
 
 
 LAT = MaddsLatency(SPACE)
-TARGET = LAT.ms(SPACE.seed)
+TARGET = LAT.ms(SPACE.preset)
 REWARD = se.Reward.preset("mobilenet_v3", TARGET)
 
 
@@ -53,7 +53,7 @@ def run(strategy: str, n: int = 25, seed: int = 0, storage=None, evaluate=toy_ac
     sampler = se.make_sampler(strategy, SPACE, seed, latency=LAT, reward=REWARD, mode=mode,
                               max_latency_ms=max_latency_ms, **options)
     study = se.create_study(obj, sampler, storage=storage)
-    return se.run_search(study, obj, n)
+    return se.optimize_study(study, obj, n)
 
 
 def archs(study: optuna.Study) -> list[str]:
@@ -130,7 +130,7 @@ def test_controller_weights_after_reload_equal_the_uninterrupted_ones(tmp_path):
     url = f"sqlite:///{tmp_path}/rl.db"
     live = se.make_sampler("rl", SPACE, 5)
     obj = se.SearchObjective(SPACE, LAT, toy_accuracy, REWARD)
-    study = se.run_search(se.create_study(obj, live, storage=url), obj, 12)
+    study = se.optimize_study(se.create_study(obj, live, storage=url), obj, 12)
     live.catch_up(study, 12)
     fresh = se.make_sampler("rl", SPACE, 5)
     fresh.catch_up(optuna.load_study(study_name="bneck", storage=url, sampler=fresh), 12)
@@ -147,7 +147,7 @@ def test_controller_learns_to_prefer_rewarded_decisions():
 
     obj = se.SearchObjective(SPACE, LAT.ms, se_fraction, se.Reward(target_ms=1e9, alpha=0.0, beta=0.0))
     sampler = se.make_sampler("rl", SPACE, 0)
-    study = se.run_search(se.create_study(obj, sampler), obj, 100)
+    study = se.optimize_study(se.create_study(obj, sampler), obj, 100)
     values = [t.value for t in sorted(study.trials, key=lambda t: t.number)]
     assert np.mean(values[:20]) < 0.7
     assert np.mean(values[-20:]) > 0.9
@@ -235,8 +235,8 @@ def test_budget_counts_finished_trials_so_a_second_call_resumes(tmp_path):
 def test_enqueued_seed_network_is_the_first_trial():
     obj = se.SearchObjective(SPACE, LAT, toy_accuracy, REWARD)
     study = se.create_study(obj, se.make_sampler("evolution", SPACE, 0, population=4, sample_size=2))
-    se.run_search(study, obj, 6, enqueue=[SPACE.seed])
-    assert ss.Arch.parse(study.trials[0].user_attrs["arch"]) == SPACE.seed
+    se.optimize_study(study, obj, 6, enqueue=[SPACE.preset])
+    assert ss.Arch.parse(study.trials[0].user_attrs["arch"]) == SPACE.preset
 
 
 @pytest.mark.parametrize("call, message", [
@@ -292,24 +292,24 @@ def test_search_with_a_real_latency_table(tmp_path):
     """LatencyModel over a measured table: latency is the deployed network's at the table's resolution."""
     import latency as lat
 
-    seed = ss.Arch(ss.Stem(8, act="hswish"),
-                   (ss.Bneck(3, 8, 8, 1, False, "relu"), ss.Bneck(3, 24, 16, 2, True, "hswish")),
-                   ss.Head(conv=32, hidden=64), num_classes=4, resolution=32)
-    table_space = ss.space_around("tiny_space", seed, expand_ratios=(1.0, 3.0), width_ratios=(1.0,),
+    preset = ss.Arch(ss.Stem(8, act="hswish"),
+                     (ss.Bneck(3, 8, 8, 1, False, "relu"), ss.Bneck(3, 24, 16, 2, True, "hswish")),
+                     ss.Head(conv=32, hidden=64), num_classes=4, resolution=32)
+    table_space = ss.space_around("tiny_space", preset, expand_ratios=(1.0, 3.0), width_ratios=(1.0,),
                                   kernels=(3, 5), depth_delta=0, num_classes=4, resolution=32)
     fast = lat.Protocol(warmup_runs=1, burst_runs=3, burst_min_s=0.0, passes=2, rounds=2,
                           max_rounds=2)
     table, _ = lat.build_table(table_space, 32, out=tmp_path / "t.parquet", n_calibration=3, protocol=fast,
                                workers=1, show_progress=False)
-    space = ss.space_around("tiny_space", seed, expand_ratios=(1.0, 3.0), width_ratios=(1.0,), kernels=(3, 5),
+    space = ss.space_around("tiny_space", preset, expand_ratios=(1.0, 3.0), width_ratios=(1.0,), kernels=(3, 5),
                             depth_delta=0, num_classes=3, resolution=48)  # trained at 48, deployed at 32
     model = se.LatencyModel(table, space)
     arch = space.sample(0)
     assert model.ms(arch) == pytest.approx(table.predict_ms(arch.replace(resolution=32, num_classes=4)))
     assert model.ms_batch(space.encode(arch)[None])[0] == pytest.approx(model.ms(arch), rel=1e-9)
-    reward = se.Reward(model.ms(space.seed))
+    reward = se.Reward(model.ms(space.preset))
     obj = se.SearchObjective(space, model, lambda a: 0.5, reward)
-    study = se.run_search(se.create_study(obj, se.make_sampler("predictor", space, 0, latency=model, reward=reward,
+    study = se.optimize_study(se.create_study(obj, se.make_sampler("predictor", space, 0, latency=model, reward=reward,
                                                                 n_startup=4, batch_size=2, candidates=2000)), obj, 8)
     assert len({t.user_attrs["arch_id"] for t in study.trials}) >= 4
 
@@ -338,4 +338,4 @@ def test_params_and_vectors_are_inverse():
     for v in SPACE.sample_encoded(np.random.default_rng(4), 50):
         np.testing.assert_array_equal(se.vector_of_params(SPACE, se.params_of_vector(SPACE, v)), v)
     with pytest.raises(se.SearchError, match=r"s0\.kernel=4 is not a choice"):
-        se.vector_of_params(SPACE, {**se.params_of_vector(SPACE, SPACE.encode(SPACE.seed)), "s0.kernel": 4})
+        se.vector_of_params(SPACE, {**se.params_of_vector(SPACE, SPACE.encode(SPACE.preset)), "s0.kernel": 4})
