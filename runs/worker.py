@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from evaluators import ImageData
     from searchers.netadapt import FineTuneOutcome, FineTuneRequest, NetAdaptSettings
 
 # (spec, resolution, seed) -> the data set and its holdout splits by fraction; one data set at a time
-_DATA: dict[tuple[str, int, int], tuple[Any, dict[float, Any]]] = {}
+_DATA: dict[tuple[str, int, int], tuple[ImageData, dict[float, ImageData]]] = {}
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ class FineTuneJob:
                    request.seed, request.holdout, request.train, settings.device, settings.seed)
 
 
-def _data(spec: str, resolution: int, seed: int, holdout: float | None = None) -> Any:
+def _data(spec: str, resolution: int, seed: int, holdout: float | None = None) -> ImageData:
     """The data set, or with `holdout` its training split cut once more (`evaluators.data.holdout_split`), as
     loaded by an earlier task on this worker when it asked for the same data. A worker keeps one data set (and its
     holdout splits) at a time: runs do not mix them."""

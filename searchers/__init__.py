@@ -25,8 +25,10 @@ from searchers.objective import (
     Evaluation,
     EvaluationFailed,
     LatencyModel,
+    LatencyPredictor,
     Pending,
     SearchObjective,
+    Trainer,
     TrainingEvaluator,
 )
 from searchers.predictor import AccuracyPredictor, PredictorSampler
@@ -44,8 +46,8 @@ from searchers.search import (
 __all__ = [
     "OPTIONS", "PARETO_STRATEGIES", "REWARD_PRESETS", "STRATEGIES", "AccuracyPredictor", "ArchSampler",
     "ControllerSampler", "Evaluation", "EvaluationFailed", "FineTuneOutcome", "FineTuneRequest", "History",
-    "LatencyModel", "Move", "NetAdapt", "NetAdaptError", "NetAdaptSettings", "Pending", "Policy", "PredictorSampler",
-    "Proposal", "RandomSearch", "RegularizedEvolution", "Reward", "RewardError", "SearchError", "SearchObjective",
-    "TrainingEvaluator", "create_study", "finished", "history", "make_sampler", "optimize_study", "params_of_vector",
-    "propose", "vector_of_params",
+    "LatencyModel", "LatencyPredictor", "Move", "NetAdapt", "NetAdaptError", "NetAdaptSettings", "Pending", "Policy",
+    "PredictorSampler", "Proposal", "RandomSearch", "RegularizedEvolution", "Reward", "RewardError", "SearchError",
+    "SearchObjective", "Trainer", "TrainingEvaluator", "create_study", "finished", "history", "make_sampler",
+    "optimize_study", "params_of_vector", "propose", "vector_of_params",
 ]

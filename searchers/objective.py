@@ -10,7 +10,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import optuna
@@ -18,6 +18,9 @@ import optuna
 from search_space import Arch, SearchSpace, count
 from searchers.base import ACCURACY_ATTR, LATENCY_ATTR, SearchError
 from searchers.reward import Reward
+
+if TYPE_CHECKING:
+    from evaluators import ImageData, Result
 
 
 @dataclass(frozen=True)
@@ -33,10 +36,20 @@ class Evaluation:
 Evaluator = Callable[[Arch], "float | Evaluation"]
 
 
+class Trainer(Protocol):
+    """What `TrainingEvaluator` needs of a trainer (`evaluators.ProxyTrainer` is one)."""
+
+    def evaluate(self, arch: Arch, data: ImageData, seed: int = 0) -> Result:
+        """Called on every `TrainingEvaluator` call (one per trained trial) with the trial's architecture and the
+        evaluator's data and seed: train `arch` on `data` and report its validation result (`top1`, `failed`,
+        `reason`, `train_s`, `loss`, `cached` and `epochs` are read)."""
+        ...
+
+
 class TrainingEvaluator:
     """Proxy training (`evaluators.ProxyTrainer`) as a search evaluator."""
 
-    def __init__(self, trainer: Any, data: Any, seed: int = 0) -> None:
+    def __init__(self, trainer: Trainer, data: ImageData, seed: int = 0) -> None:
         self.trainer, self.data, self.seed = trainer, data, seed
 
     def __call__(self, arch: Arch) -> Evaluation:
@@ -45,13 +58,32 @@ class TrainingEvaluator:
                                                                "cached": r.cached, "epochs": r.epochs})
 
 
+class LatencyPredictor(Protocol):
+    """What `LatencyModel` needs of a latency table (`latency.LatencyTable` is one)."""
+
+    @property
+    def space(self) -> SearchSpace:
+        """Read once, when the `LatencyModel` is made: the space the table measured (its decisions must be the
+        search space's; its resolution and class count are the deployed network's)."""
+        ...
+
+    def predict_ms(self, arch: Arch) -> float:
+        """Called by `LatencyModel.ms` (every trial), with `arch` at the table's resolution and class count."""
+        ...
+
+    def predict_ms_batch(self, encoded: np.ndarray) -> np.ndarray:
+        """Called by `LatencyModel.ms_batch` (the `predictor` sampler, scoring many candidates at once), with
+        encoded decision vectors of the search space, one per row; returns ms per row."""
+        ...
+
+
 class LatencyModel:
     """Predicted latency of the architectures of one search space from a `LatencyTable` of a space with the
     same decisions: the search may train at another resolution and class count than the table measured
     (proxy training on 32 px digits, deployment at 224 px and 1000 classes); latency is always the deployed
     network's, at the table's resolution and class count."""
 
-    def __init__(self, table: Any, space: SearchSpace) -> None:
+    def __init__(self, table: LatencyPredictor, space: SearchSpace) -> None:
         ts = table.space
         if [d.choices for d in ts.decisions] != [d.choices for d in space.decisions] or ts.stem != space.stem \
                 or ts.head != space.head or ts.width_mult != space.width_mult:
