@@ -28,7 +28,7 @@ from evaluators import ProxyTrainer, Recipe, load_data
 from latency.build import default_reference, measure_whole
 from runs.netadapt_run import Start, run_netadapt
 from runs.worker import FineTuneJob, run_job
-from searchers.netadapt import state_bytes
+from searchers.netadapt import FineTuneRequest, state_bytes
 
 START_EPOCHS, LONG_EPOCHS = 3.0, 2.0
 
@@ -93,8 +93,8 @@ def main() -> None:
                    "batch_size": settings["batch_size"], "threads": 2}
     after = [summary["top1_after"]]
     for s in range(1, args.seeds):  # the long-term fine-tune with more seeds (seed 0 is NetAdapt's own)
-        out = run_job(FineTuneJob(0, final.to_string(), pruned_weights, "builtin:digits", 32, long_recipe,
-                                  10_000 + s, None, True, "cpu", 0))
+        request = FineTuneRequest(0, final.to_string(), pruned_weights, long_recipe, 10_000 + s, None, True)
+        out = run_job(FineTuneJob(request, "builtin:digits", 32, "cpu", 0))
         after.append(out.top1)
 
     alpha, uniform, uniform_ms = uniform_width(table, target, data.num_classes)

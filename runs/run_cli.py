@@ -7,9 +7,9 @@ from pathlib import Path
 import click
 
 from runs.config import ConfigError
-from runs.errors import UserError, console_err, console_out, out_of_space
+from runs.errors import console_err, console_out
 from runs.pipeline import load_pipeline, run_pipeline
-from runs.session import USER_ERRORS
+from runs.session import user_facing_errors
 
 
 @click.command("run")
@@ -24,7 +24,7 @@ def run_cmd(config_file: Path | None, out: Path | None, resume: Path | None) -> 
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
+    with user_facing_errors(f"`bneck run --resume {resume or out or 'RUN'}`"):
         if resume is not None and (config_file is not None or out is not None):
             raise ConfigError("--resume continues the run as it was started: no --config or --out with it")
         pipeline = None if resume is not None else load_pipeline(config_file)
@@ -33,13 +33,6 @@ def run_cmd(config_file: Path | None, out: Path | None, resume: Path | None) -> 
                               "`make fashion`): the main job searches builtin:digits, which saturates",
                               soft_wrap=True, highlight=False)
         files = run_pipeline(pipeline, out, resume)
-    except USER_ERRORS as exc:
-        raise UserError(str(exc)) from None
-    except OSError as exc:
-        full = out_of_space(exc, f"`bneck run --resume {resume or out or 'RUN'}`")
-        if full is None:
-            raise
-        raise full from None
     console_out.print(f"done in {files['wall_s']:.0f} s. Everything is in {files['run']}:")
     for key in ("trials", "pareto", "best", *[k for k in files if k.startswith(("export_", "netadapt_"))],
                 "report_png", "report_md"):

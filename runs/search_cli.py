@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import errno
 from pathlib import Path
 from typing import Any
 
 import click
-import sqlalchemy.exc
 
 import searchers as se
 from evaluators.trainer import DEFAULT_STEPS
 from runs.config import ConfigError, load_config
-from runs.errors import UserError, out_of_space
-from runs.session import USER_ERRORS, execute, start_run, summary
+from runs.session import execute, start_run, summary, user_facing_errors
 
 SEARCH_FLAGS = ("space", "table", "target_ms", "searcher", "trials", "data", "steps", "epochs", "workers", "backend",
                 "address", "seed", "storage", "study", "threads", "resolution", "mode", "reward", "max_latency_ms",
@@ -66,7 +63,7 @@ def search_cmd(config_file: Path | None, resume: Path | None, build_table: bool 
         overrides["build_table"] = build_table
     if no_progress:
         overrides["progress"] = False
-    try:
+    with user_facing_errors(f"`bneck search --resume {resume or out or 'RUN'}`"):
         if resume is not None and config_file is not None:
             raise ConfigError("--config and --resume: a resumed run uses its saved config.yaml")
         config = None if resume is not None else load_config(config_file, overrides)
@@ -75,16 +72,4 @@ def search_cmd(config_file: Path | None, resume: Path | None, build_table: bool 
         from runs.outputs import write_best
 
         write_best(run)
-    except USER_ERRORS as exc:
-        raise UserError(str(exc)) from None
-    except OSError as exc:
-        full = out_of_space(exc, f"`bneck search --resume {resume or out or 'RUN'}`")
-        if full is None:
-            raise
-        raise full from None
-    except sqlalchemy.exc.OperationalError as exc:  # SQLite's own ENOSPC: "database or disk is full"
-        if "disk is full" not in str(exc):
-            raise
-        raise out_of_space(OSError(errno.ENOSPC, "disk full", str(exc).split("\n")[0][:120]),
-                           f"`bneck search --resume {resume or out or 'RUN'}`") from None
     summary(run, setup)

@@ -10,11 +10,14 @@ happens around it (the lock, the log file, the live view, the user-facing resume
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import math
 import secrets
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +39,36 @@ from runs.config import (
     resume_config,
 )
 from runs.engine import Driver, Setup, claim_study, eta_s, make_setup, resolved, run_search
-from runs.errors import console_err, console_out
+from runs.errors import UserError, console_err, console_out, out_of_space
 from runs.executors import ExecutorError
 from runs.rundir import RunDir, RunError, best_row, best_trial_row
 
 # what a session raises for a user's mistake (bad config, missing file, unusable backend): one line, exit 2
 USER_ERRORS = (ConfigError, RunError, ExecutorError, DataError, RecipeError, ss.SpecError, se.SearchError,
                se.RewardError, lat.LatencyError)
+
+
+@contextlib.contextmanager
+def user_facing_errors(resume_command: str) -> Iterator[None]:
+    """What a search command turns into one line and exit code (runs.errors): a user's mistake (`USER_ERRORS`,
+    exit 2), a full disk (OSError ENOSPC, or SQLite's own "database or disk is full"; exit 1 with how to resume:
+    `resume_command`, e.g. "`bneck search --resume RUN`"). Anything else propagates."""
+    import sqlalchemy.exc
+
+    try:
+        yield
+    except USER_ERRORS as exc:
+        raise UserError(str(exc)) from None
+    except OSError as exc:
+        full = out_of_space(exc, resume_command)
+        if full is None:
+            raise
+        raise full from None
+    except sqlalchemy.exc.OperationalError as exc:
+        if "disk is full" not in str(exc):
+            raise
+        raise out_of_space(OSError(errno.ENOSPC, "disk full", str(exc).split("\n")[0][:120]),
+                           resume_command) from None
 
 
 def _fmt_s(s: float) -> str:
@@ -179,4 +205,4 @@ def summary(run: RunDir, setup: Setup) -> None:
                       highlight=False)
 
 
-__all__ = ["USER_ERRORS", "execute", "progress_table", "start_run", "summary"]
+__all__ = ["USER_ERRORS", "execute", "progress_table", "start_run", "summary", "user_facing_errors"]

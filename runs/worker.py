@@ -54,27 +54,25 @@ class TrialOutcome:
 
 @dataclass(frozen=True)
 class FineTuneJob:
-    """One NetAdapt fine-tune as a worker runs it: a `searchers.netadapt.FineTuneRequest` plus the run's data
-    (spec, resolution, the train/val split's seed) and device. `holdout` set: train on the training split minus
-    the holdout, score on the holdout; None: train on the whole training split, score on the validation split."""
+    """One NetAdapt fine-tune as a worker runs it: the algorithm's `searchers.netadapt.FineTuneRequest` (what to
+    fine-tune and how, with its `holdout` meaning) plus what the run knows and the request does not: the data
+    (spec, resolution, the train/val split's seed) and the device."""
 
-    index: int
-    arch: str
-    weights: bytes
+    request: FineTuneRequest
     data: str
     resolution: int
-    recipe: dict[str, Any]
-    seed: int
-    holdout: float | None
-    train: bool = True
     device: str = "cpu"
     data_seed: int = 0  # the train/val split's seed (the one the starting network was trained with)
+
+    @property
+    def index(self) -> int:
+        """The request's index: outcomes are matched to requests by it."""
+        return self.request.index
 
     @classmethod
     def of(cls, request: FineTuneRequest, settings: NetAdaptSettings) -> FineTuneJob:
         """The job for `request` of a NetAdapt run with `settings` (its data, resolution, seed and device)."""
-        return cls(request.index, request.arch, request.weights, settings.data, settings.resolution, request.recipe,
-                   request.seed, request.holdout, request.train, settings.device, settings.seed)
+        return cls(request, settings.data, settings.resolution, settings.device, settings.seed)
 
 
 def _data(spec: str, resolution: int, seed: int, holdout: float | None = None) -> ImageData:
@@ -134,19 +132,20 @@ def run_job(job: FineTuneJob) -> FineTuneOutcome:
     from searchers.netadapt import FineTuneOutcome, load_model, state_bytes
 
     t0 = time.perf_counter()
-    data = _data(job.data, job.resolution, job.data_seed, job.holdout)
-    arch = ss.Arch.parse(job.arch).replace(resolution=data.resolution, num_classes=data.num_classes)
-    model = load_model(arch, job.weights)
-    trainer = ProxyTrainer(Recipe(**job.recipe), device=job.device)
-    if job.train:
-        result, model = trainer.fine_tune(arch, model, data, seed=job.seed)  # the recipe's BN momentum, on device
+    req = job.request
+    data = _data(job.data, job.resolution, job.data_seed, req.holdout)
+    arch = ss.Arch.parse(req.arch).replace(resolution=data.resolution, num_classes=data.num_classes)
+    model = load_model(arch, req.weights)
+    trainer = ProxyTrainer(Recipe(**req.recipe), device=job.device)
+    if req.train:
+        result, model = trainer.fine_tune(arch, model, data, seed=req.seed)  # the recipe's BN momentum, on device
         if result.failed:
-            return FineTuneOutcome(job.index, 0.0, math.inf, True, result.reason or "failed", None,
+            return FineTuneOutcome(req.index, 0.0, math.inf, True, result.reason or "failed", None,
                                    time.perf_counter() - t0, _worker())
         top1, loss = result.top1, result.loss
     else:
         top1, loss = trainer.score(model, data, "val")
-    return FineTuneOutcome(job.index, float(top1), float(loss), False, "", state_bytes(model),
+    return FineTuneOutcome(req.index, float(top1), float(loss), False, "", state_bytes(model),
                            time.perf_counter() - t0, _worker())
 
 
