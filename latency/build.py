@@ -108,15 +108,16 @@ class TableScaleTiming:
 
 
 def measure_in_table_scale(table: LatencyTable, archs: Sequence[Arch], rounds: int | None = None, seed: int = 0,
-                           progress: Callable[[int, int], None] | None = None) -> TableScaleTiming:
-    """Time `archs` whole with the table's protocol, reference, threads and provider, its anchors beside them
-    (an anchor that is also in `archs` is timed once)."""
+                           progress: Callable[[int, int], None] | None = None,
+                           provider: str | None = None) -> TableScaleTiming:
+    """Time `archs` whole with the table's protocol, reference and threads (and its provider unless `provider` is
+    given), its anchors beside them (an anchor that is also in `archs` is timed once)."""
     for a in archs:
         table.check(a)
     anchors = table.anchors()
     ids = {a.arch_id for a in archs}
     nets = [*archs, *(a for a, _ in anchors if a.arch_id not in ids)]
-    provider = table.meta["fingerprint"].get("provider", "CPUExecutionProvider")
+    provider = provider or table.meta["fingerprint"].get("provider", "CPUExecutionProvider")
     reference = Arch.parse(table.meta["reference"]["arch"])
     timings = measure_whole(nets, reference, table.threads, provider, Protocol.from_dict(table.meta["protocol"]),
                             rounds, seed=seed, progress=progress)

@@ -138,7 +138,7 @@ def measure_cmd(spec_or_preset: str, resolution: int | None, num_classes: int | 
         raise UserError(str(exc)) from None
     with console_err.status("measuring ..."):
         if table is not None:  # beside the table's anchors: in its scale
-            scaled = lat.measure_in_table_scale(table, [arch], rounds)
+            scaled = lat.measure_in_table_scale(table, [arch], rounds, provider=provider)
             t, ms = scaled.timings[0], scaled.us[0] / 1e3
         else:
             scaled, t = None, lat.measure_arch(arch, threads, provider, None, None, rounds)
