@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, write
 from search_efficiency import DATA_FILE, load_table
 
+import latency as lat
 import search_space as ss
 import searchers as se
 from evaluators import ProxyTrainer, Recipe, load_data
@@ -48,7 +49,7 @@ def main() -> None:
     data = load_data("builtin:digits", resolution=doc["resolution"], seed=0)
     space = ss.mobilenet_v3_small_space(num_classes=data.num_classes, resolution=doc["resolution"])
     table, _ = load_table(args.table, ss.mobilenet_v3_small_space())
-    model = se.LatencyModel(table, space)
+    model = lat.LatencyModel(table, space)
     target = model.ms(space.preset)
     reward = se.Reward.preset("hard", target)
     trainer = ProxyTrainer(recipe)

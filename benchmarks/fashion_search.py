@@ -38,7 +38,6 @@ from _common import write
 
 import latency as lat
 import search_space as ss
-import searchers as se
 from bneck_common.paths import RUNS_DIR, cache_dir
 from evaluators import ProxyTrainer, Recipe, load_data
 from evaluators.trainer import DEFAULT_STEPS
@@ -58,7 +57,7 @@ def latency_setup() -> tuple[lat.LatencyTable, Path, float]:
     table = lat.LatencyTable.load(path) if path.is_file() else lat.build_table(big, LATENCY_RESOLUTION)[0]
     space = ss.mobilenet_v3_small_space(num_classes=10, resolution=RESOLUTION)
     assert space.preset is not None
-    return table, path, se.LatencyModel(table, space).ms(space.preset)
+    return table, path, lat.LatencyModel(table, space).ms(space.preset)
 
 
 def search_config(trials: int, searcher: str, steps: int, seed: int, confirm_top: int, table: Path,

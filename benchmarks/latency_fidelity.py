@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, write
 
@@ -53,6 +55,8 @@ def main() -> None:
         v = lat.validate(table, args.samples, args.seed, args.rounds, n_pruned=args.pruned, repeat=2,
                          plot=RESULTS / f"latency_fidelity_{short}.png")
         cal = {k: val for k, val in table.calibration.items() if k != "nets"}
+        rounds = [n["rounds"] for n in table.calibration.get("nets", [])]
+        cal["rounds_per_net"] = {"median": float(np.median(rounds)), "max": max(rounds)} if rounds else None
         keys = ("n", "within_5pct", "within_10pct", "mape", "bias", "kendall_tau", "spearman", "retest_within_5pct",
                 "retest_within_10pct", "retest_median_abs_pct", "retest_kendall_tau", "round_ratio_spread_median")
         results[space.name] = {

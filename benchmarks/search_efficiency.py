@@ -36,7 +36,7 @@ from _common import RESULTS, write
 
 import search_space as ss
 import searchers as se
-from latency import LatencyTable, build_table, default_table_path
+from latency import LatencyModel, LatencyTable, build_table, default_table_path
 
 DATA_FILE = Path(__file__).resolve().parent / "data" / "digits_small_space_top1.json"
 REWARD_STRATEGIES = ["random", "evolution", "rl", "tpe", "nsga2", "predictor"]
@@ -141,7 +141,7 @@ def hypervolume(acc: np.ndarray, lat: np.ndarray, acc_ref: float, lat_ref: float
     return area / ((1.0 - acc_ref) * lat_ref)
 
 
-def run_one(name: str, mode: str, seed: int, budget: int, space: ss.SearchSpace, model: se.LatencyModel,
+def run_one(name: str, mode: str, seed: int, budget: int, space: ss.SearchSpace, model: LatencyModel,
             reward: se.Reward, surrogate: Surrogate) -> dict[str, Any]:
     max_lat = 1.5 * reward.target_ms if mode == "pareto" else None
     obj = se.SearchObjective(space, model, surrogate, reward, mode=mode, max_latency_ms=max_lat)
@@ -158,7 +158,7 @@ def run_one(name: str, mode: str, seed: int, budget: int, space: ss.SearchSpace,
             "sampler_ms": [1e3 * sampler.seconds[t.number] for t in trials]}
 
 
-def overhead(name: str, trials: int, space: ss.SearchSpace, model: se.LatencyModel, reward: se.Reward,
+def overhead(name: str, trials: int, space: ss.SearchSpace, model: LatencyModel, reward: se.Reward,
              surrogate: Surrogate) -> dict[str, float]:
     """Mean sampler time per trial over the last 5% of a `trials`-trial in-memory study (a mean, so the
     predictor's once-per-batch refit is amortized)."""
@@ -201,7 +201,7 @@ def main() -> None:
     doc = json.loads(DATA_FILE.read_text())
     space = ss.mobilenet_v3_small_space(num_classes=10, resolution=doc["resolution"])
     table, build_s = load_table(args.table, ss.mobilenet_v3_small_space())
-    model = se.LatencyModel(table, space)
+    model = LatencyModel(table, space)
     target = model.ms(space.preset)
     reward = se.Reward.preset(args.reward, target)
     surrogate = Surrogate(space, doc["rows"])

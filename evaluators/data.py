@@ -17,12 +17,15 @@ import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bneck_common.paths import cache_dir as default_cache_dir
 from bneck_common.progress import progress_bar
+
+if TYPE_CHECKING:
+    from search_space import Arch
 
 BUILTINS: tuple[str, ...] = ("digits", "fashion")
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist (MIT); BNECK_FASHION_DIR
@@ -41,6 +44,13 @@ _CHUNK_BYTES = 64 << 20  # decode buffer: bounds memory whatever the folder size
 
 class DataError(ValueError):
     """A user-facing data problem (bad spec, file, array or argument); the one-line message names it."""
+
+
+def trained_arch(arch: Arch, data: Any) -> Arch:
+    """`arch` as it is trained and scored on `data`: at the data's resolution and class count. The one place
+    training sets them (the trainer, the zero-cost proxies and the workers all come here); what a network costs
+    deployed is the latency model's (`latency.LatencyModel.deployed`)."""
+    return arch.replace(resolution=data.resolution, num_classes=data.num_classes)
 
 
 @dataclass(frozen=True, eq=False, repr=False)

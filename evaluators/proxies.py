@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from evaluators.data import trained_arch
 from search_space import Arch, build_model
 
 PROXIES = ("synflow", "naswot", "grad_norm", "snip")
@@ -99,7 +100,7 @@ def proxy_score(name: str, arch: Arch, data: Any, seed: int = 0, batch_size: int
     torch.set_num_threads(threads)
     try:
         torch.manual_seed(seed)
-        model = build_model(arch.replace(num_classes=data.num_classes, resolution=data.resolution), seed=seed)
+        model = build_model(trained_arch(arch, data), seed=seed)
         x, y = _batch(data, batch_size, seed)
         return _FUNCS[name](model, x, y)
     finally:

@@ -23,6 +23,7 @@ from torch import nn
 
 from bneck_common.paths import atomic_write
 from bneck_common.progress import progress_bar
+from evaluators.data import trained_arch
 from search_space import Arch, build_model, count
 
 OPTIMIZERS = ("sgd", "rmsprop")
@@ -245,13 +246,14 @@ class ProxyTrainer:
 
         With `return_model`, the trained module is attached as `result.model` (and cached with the result).
         """
+        arch = trained_arch(arch, data)
         key = self.cache_key(arch, data, seed)
         paths = self._cache_paths(key)
         if paths is not None and paths[0].is_file() and (not return_model or paths[1].is_file()):
             result = Result(**{**json.loads(paths[0].read_text()), "cached": True})
             if not return_model:
                 return result
-            model = build_model(arch.replace(num_classes=data.num_classes, resolution=data.resolution))
+            model = build_model(arch)
             try:
                 model.load_state_dict(torch.load(paths[1], map_location="cpu", weights_only=True))
             except FileNotFoundError:  # pruned since the check (`bneck cache prune`): train again
@@ -275,11 +277,10 @@ class ProxyTrainer:
         """Continue training `model` (built for `arch`, e.g. after weight surgery) with this recipe and report
         validation top-1; the recipe's `max_steps` caps it (NetAdapt's short-term fine-tune). `model` itself is
         trained in place and returned; nothing is cached (the result depends on the starting weights)."""
-        return self._train(arch, data, seed, model)
+        return self._train(trained_arch(arch, data), data, seed, model)
 
     def _train(self, arch: Arch, data: Any, seed: int, model: nn.Module | None = None) -> tuple[Result, nn.Module]:
         r = self.recipe
-        arch = arch.replace(num_classes=data.num_classes, resolution=data.resolution)
         n_params, n_madds = count(arch)
         prev_threads = torch.get_num_threads()
         torch.set_num_threads(r.threads)

@@ -30,6 +30,9 @@ from latency.protocol import (
     fingerprint,
     kit_lock,
     measured_keys,
+    quiet_below_us,
+    quiet_ratios,
+    quiet_reference_us,
     run_kit,
     session,
     time_interleaved,
@@ -54,10 +57,11 @@ def default_table_path(space: SearchSpace, resolution: int, threads: int = 1,
 class WholeNetTiming:
     """A whole network measured with the protocol: its latency as a ratio to the reference timed next to it."""
 
-    ratio: float          # median over rounds of min(net burst) / min(reference burst right after it)
-    reference_us: float   # the reference's median burst minimum during this measurement
+    ratio: float          # median over the quiet rounds of min(net burst) / min(reference burst right after it)
+    reference_us: float   # the reference's median burst minimum in the quiet rounds of this measurement
     rounds: int
     ratio_spread: float   # (p90 - p10) / median of the per-round ratios: how steady the host was
+    quiet_rounds: int = 0  # rounds the ratio is the median of (`protocol.quiet_ratios`)
 
     @property
     def us(self) -> float:
@@ -85,12 +89,15 @@ def measure_whole(archs: Sequence[Arch], reference: Arch, threads: int = 1, prov
             progress(min(done, total), max(total, done))
 
     time_interleaved(sessions, ref, n_rounds, p, seed=seed, on_timing=record)
-    ref_us = float(np.median([r for per in pairs for _, r in per]))
+    refs = [r for per in pairs for _, r in per]
+    below, ref_us = quiet_below_us(refs, p), quiet_reference_us(refs, p)
     out = []
     for per in pairs:
-        ratio = estimate([t for t, _ in per], [r for _, r in per], 1.0)
+        times, per_refs = [t for t, _ in per], [r for _, r in per]
+        ratio = estimate(times, per_refs, 1.0, below, p.min_quiet)
         p10, p90 = np.percentile([t / r for t, r in per], [10, 90])
-        out.append(WholeNetTiming(ratio, ref_us, len(per), float((p90 - p10) / ratio)))
+        quiet = len(quiet_ratios(times, per_refs, below, p.min_quiet))
+        out.append(WholeNetTiming(ratio, ref_us, len(per), float((p90 - p10) / ratio), quiet))
     return out
 
 

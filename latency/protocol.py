@@ -16,6 +16,17 @@ The estimate is the median of that ratio over `rounds` (whole nets) or `passes` 
 order), times the reference's median minimum: 30 V3-like nets timed in 12 rounds agreed with themselves
 test-retest 100% within +-5% (median |d| 0.4%), where the earlier one-moment median over 3 rounds agreed 56%.
 
+Why quiet rounds only: a ratio cancels a host that is slower as a whole, not a neighbour contending for the
+cache and memory bus. That hits graphs unequally (measured here: with a memory-bound process on the other core a
+big net's ratio to V3-Large fell 4-8%; in a real build the calibration nets read 4.3% higher in the rounds whose
+reference ran at its quietest than in the rest, and rows 1-4% higher, heads 21%), so a median over every round
+depends on how contended the stretch was, and a table built in a busy hour under-predicts nets validated in a
+quiet one (the large space: held-out nets 3.2% slower than predicted though the anchors read their calibration
+within 1%). So a round (or pass) counts when its reference burst is within `quiet_tol` of the measurement's 5th
+percentile; a net gets more rounds until `min_quiet` of them were quiet, a row more passes until one was (up to
+`max_rounds` / `max_passes`; a net or row that never was quiet falls back to its least contended ones), and the
+reference's latency is its quiet median. On a quiet device every round is quiet and nothing changes.
+
 Interrupt at any time (Ctrl-C or kill -9): rerunning resumes after the last row written. Results are only ever
 appended (a torn last line is cut off), and one process at a time measures a kit (a lock file).
 """
@@ -37,11 +48,12 @@ from typing import Any
 
 import numpy as np
 
-PROTOCOL_NAME = "bneck-ort/2"
-KIT_FORMAT = "bneck-latency-kit/2"
+PROTOCOL_NAME = "bneck-ort/3"
+KIT_FORMAT = "bneck-latency-kit/3"
 CSV_FIELDS = ("key", "pass", "seq", "min_us", "median_us", "ref_min_us", "runs", "wall_time")
 CALIBRATION_FIELDS = ("round", "key", "whole_us", "reference_us", "wall_time")
-STATISTIC = "median over rounds/passes of min(burst) / min(reference burst right after it)"
+STATISTIC = ("median over the quiet rounds (whole nets) or passes (rows) of min(burst) / min(reference burst right "
+             "after it); quiet: reference burst <= (1 + quiet_tol) x the measurement's 5th percentile")
 
 
 class KitError(ValueError):
@@ -57,10 +69,13 @@ class Protocol:
     burst_runs: int = 8         # timed runs per burst, at least ...
     burst_min_s: float = 0.002  # ... and at least this long (tiny layers take microseconds)
     max_runs: int = 400
-    passes: int = 3             # passes over a table's rows, each in its own shuffled order
+    passes: int = 3             # passes over a table's rows, each in its own shuffled order, and more, up to
+    max_passes: int = 6         # ... this many, for the rows none of whose passes was quiet (see `quiet_tol`)
     rounds: int = 12            # rounds over whole networks (calibration, validation, `latency measure`) ...
     max_rounds: int = 30        # ... and more, up to this many, for a net whose estimate is still unsure:
     target_se: float = 0.012    # relative standard error of its median ratio (a quiet host: ~0.9% at 12 rounds)
+    quiet_tol: float = 0.05     # a round or pass is quiet when its reference burst is within this of the quietest
+    min_quiet: int = 4          # ... (5th percentile); a net is unsure until it has this many quiet rounds
     chunk: int = 256            # rows whose sessions are open at once; their passes run back to back
 
     @classmethod
@@ -123,10 +138,35 @@ def paired(sess: Any, feeds: dict[str, np.ndarray], ref: Any, ref_feeds: dict[st
     return burst(sess, feeds, p), burst(ref, ref_feeds, p)
 
 
-def estimate(values_us: Any, refs_us: Any, reference_us: float) -> float:
-    """The protocol's statistic: median of value/reference over rounds, in the units of `reference_us`."""
+def quiet_below_us(refs_us: Any, protocol: Protocol) -> float:
+    """The reference burst time at or below which a round counts as quiet: (1 + quiet_tol) x the 5th percentile
+    of every reference burst of the measurement (inf with no bursts)."""
+    r = np.asarray(refs_us, dtype=float)
+    return float(np.percentile(r, 5) * (1 + protocol.quiet_tol)) if r.size else float("inf")
+
+
+def quiet_ratios(values_us: Any, refs_us: Any, quiet_below: float, min_quiet: int) -> np.ndarray:
+    """The per-round ratios value/reference of the quiet rounds (reference <= `quiet_below`); when fewer than
+    `min_quiet` rounds were quiet, those of the `min_quiet` least contended rounds (lowest reference)."""
     v, r = np.asarray(values_us, dtype=float), np.asarray(refs_us, dtype=float)
-    return float(np.median(v / r) * reference_us)
+    quiet = r <= quiet_below
+    if quiet.sum() < min(min_quiet, len(r)):
+        quiet = np.zeros(len(r), dtype=bool)
+        quiet[np.argsort(r, kind="stable")[:min_quiet]] = True
+    return v[quiet] / r[quiet]
+
+
+def estimate(values_us: Any, refs_us: Any, reference_us: float, quiet_below: float = float("inf"),
+             min_quiet: int = 1) -> float:
+    """The protocol's statistic: median of value/reference over the quiet rounds (`quiet_ratios`; every round
+    with the defaults, as for rows), in the units of `reference_us`."""
+    return float(np.median(quiet_ratios(values_us, refs_us, quiet_below, min_quiet)) * reference_us)
+
+
+def quiet_reference_us(refs_us: Any, protocol: Protocol) -> float:
+    """The reference's latency in the quiet state: the median of its bursts at or below `quiet_below_us`."""
+    r = np.asarray(refs_us, dtype=float)
+    return float(np.median(r[r <= quiet_below_us(r, protocol)]))
 
 
 def ratio_se(ratios: Any) -> float:
@@ -142,25 +182,25 @@ def ratio_se(ratios: Any) -> float:
 def time_interleaved(sessions: list[Any], reference: Any, rounds: int, protocol: Protocol, seed: int = 0,
                      on_timing: Callable[[int, int, float, float], None] | None = None,
                      skip: Callable[[int, int], bool] | None = None,
-                     history: list[list[float]] | None = None) -> None:
+                     history: list[list[tuple[float, float]]] | None = None) -> None:
     """Time warm sessions against the reference, A R B R C R ..., in `rounds` rounds, each shuffled; then, in a
-    noisy stretch, more rounds for the nets whose estimate is still unsure (`ratio_se` > `target_se`), up to
-    `max_rounds` in all.
+    noisy stretch, more rounds for the nets whose estimate is still unsure (fewer than `min_quiet` quiet rounds,
+    or `ratio_se` of the quiet ratios > `target_se`), up to `max_rounds` in all.
 
     This is how whole networks are measured everywhere (calibration, validation, `latency measure`).
     `on_timing(round, index, min_us, reference_min_us)` receives every pair; `skip(round, index)` leaves pairs
     already measured (a resumed calibration) out without changing the order of the others, and `history` holds
-    their ratios, so a resume decides on extra rounds from everything measured so far.
+    their (min_us, reference_min_us) pairs, so a resume decides on extra rounds from everything measured so far.
     """
     feeds = [feeds_for(s) for s in sessions]
     ref_feeds = feeds_for(reference)
-    ratios = [list(h) for h in history] if history is not None else [[] for _ in sessions]
+    pairs = [list(h) for h in history] if history is not None else [[] for _ in sessions]
 
     def one(rnd: int, i: int) -> None:
         if skip is not None and skip(rnd, i):
             return
         t, r = paired(sessions[i], feeds[i], reference, ref_feeds, protocol)
-        ratios[i].append(t.min_us / r.min_us)
+        pairs[i].append((t.min_us, r.min_us))
         if on_timing is not None:
             on_timing(rnd, i, t.min_us, r.min_us)
 
@@ -169,12 +209,24 @@ def time_interleaved(sessions: list[Any], reference: Any, rounds: int, protocol:
             one(rnd, int(i))
     rnd = rounds
     while rnd < protocol.max_rounds:
-        unsure = [i for i in range(len(sessions)) if ratio_se(ratios[i]) > protocol.target_se]
+        unsure = unsure_nets(pairs, protocol)
         if not unsure:
             break
         for j in np.random.default_rng([seed, rnd]).permutation(len(unsure)):
             one(rnd, unsure[int(j)])
         rnd += 1
+
+
+def unsure_nets(pairs: list[list[tuple[float, float]]], protocol: Protocol) -> list[int]:
+    """Indices of the nets that need more rounds: fewer than `min_quiet` quiet rounds, or their quiet ratios'
+    `ratio_se` above `target_se` (quiet: reference <= `quiet_below_us` of every reference burst so far)."""
+    below = quiet_below_us([r for per in pairs for _, r in per], protocol)
+    unsure = []
+    for i, per in enumerate(pairs):
+        quiet = [t / r for t, r in per if r <= below]
+        if len(quiet) < protocol.min_quiet or ratio_se(quiet) > protocol.target_se:
+            unsure.append(i)
+    return unsure
 
 
 def fingerprint(threads: int, provider: str) -> dict[str, Any]:
@@ -282,7 +334,8 @@ def run_kit(kit_dir: str | os.PathLike[str], out_csv: str | os.PathLike[str] | N
     already there, then its calibration networks (`calibrate_kit`).
 
     Rows are taken in chunks of `chunk` graphs (a seeded order, the same on resume); within a chunk each pass
-    visits the graphs in its own shuffled order, every burst paired with the layer reference.
+    visits the graphs in its own shuffled order, every burst paired with the layer reference; then the rows
+    without a quiet pass get more passes, up to `max_passes` (a resume does not add them to finished rows).
     `progress(done, total, key)` is called after each timing when given.
     """
     kit = Path(kit_dir)
@@ -306,10 +359,24 @@ def run_kit(kit_dir: str | os.PathLike[str], out_csv: str | os.PathLike[str] | N
         count = sum((e["key"], p) in done for e in layers for p in range(protocol.passes))
         order = np.random.default_rng(int(manifest.get("seed", 0))).permutation(len(layers))
         new_file = not out.exists() or out.stat().st_size == 0
+        refs = [float(r["ref_min_us"]) for r in done_rows(out)]
         with open(out, "a", newline="") as f:
             writer = csv.DictWriter(f, CSV_FIELDS)
             if new_file:
                 writer.writeheader()
+
+            def measure(sess: Any, feeds: dict[str, np.ndarray], key: str, p: int) -> float:
+                nonlocal seq, count
+                t, r = paired(sess, feeds, ref_sess, ref_feeds, protocol)
+                writer.writerow({"key": key, "pass": p, "seq": seq, "min_us": f"{t.min_us:.3f}",
+                                 "median_us": f"{t.median_us:.3f}", "ref_min_us": f"{r.min_us:.3f}",
+                                 "runs": t.runs, "wall_time": f"{time.time():.3f}"})
+                f.flush()
+                os.fsync(f.fileno())
+                seq += 1
+                refs.append(r.min_us)
+                return r.min_us
+
             for c, start in enumerate(range(0, len(layers), protocol.chunk)):
                 chunk = [layers[int(i)] for i in order[start:start + protocol.chunk]]
                 chunk = [e for e in chunk if any((e["key"], p) not in done for p in range(protocol.passes))]
@@ -317,21 +384,23 @@ def run_kit(kit_dir: str | os.PathLike[str], out_csv: str | os.PathLike[str] | N
                     continue
                 sessions = [session(kit / e["file"], threads, provider) for e in chunk]
                 feeds = [feeds_for(s) for s in sessions]
+                chunk_refs: list[list[float]] = [[] for _ in chunk]
                 for p in range(protocol.passes):
                     for i in np.random.default_rng([c, p]).permutation(len(chunk)):
                         e = chunk[int(i)]
                         if (e["key"], p) in done:
                             continue
-                        t, r = paired(sessions[int(i)], feeds[int(i)], ref_sess, ref_feeds, protocol)
-                        writer.writerow({"key": e["key"], "pass": p, "seq": seq, "min_us": f"{t.min_us:.3f}",
-                                         "median_us": f"{t.median_us:.3f}", "ref_min_us": f"{r.min_us:.3f}",
-                                         "runs": t.runs, "wall_time": f"{time.time():.3f}"})
-                        f.flush()
-                        os.fsync(f.fileno())
-                        seq += 1
+                        chunk_refs[int(i)].append(measure(sessions[int(i)], feeds[int(i)], e["key"], p))
                         count += 1
                         if progress is not None:
                             progress(count, total, e["key"])
+                # rows none of whose passes was quiet get more passes (contention shifts a row's ratio to the
+                # layer reference by -4% to -21% by layer kind, measured): until one is, up to max_passes
+                for p in range(protocol.passes, protocol.max_passes):
+                    below = quiet_below_us(refs, protocol)
+                    loud = [i for i, rs in enumerate(chunk_refs) if rs and min(rs) > below]
+                    for i in np.random.default_rng([c, p]).permutation(loud).tolist() if loud else []:
+                        chunk_refs[i].append(measure(sessions[i], feeds[i], chunk[i]["key"], p))
                 del sessions
         calibrate_kit(kit, out.with_name("calibration.csv"), threads, provider, protocol, progress)
     return out
@@ -353,13 +422,14 @@ def calibrate_kit(kit: Path, out: Path, threads: int, provider: str, protocol: P
     rows = done_rows(out)
     done = {(int(r["round"]), r["key"]) for r in rows}
     keys = [e["key"] for e in nets]
-    history: list[list[float]] = [[] for _ in keys]
+    history: list[list[tuple[float, float]]] = [[] for _ in keys]
     for r in sorted(rows, key=lambda r: int(r["round"])):
         if r["key"] in keys:
-            history[keys.index(r["key"])].append(float(r["whole_us"]) / float(r["reference_us"]))
+            history[keys.index(r["key"])].append((float(r["whole_us"]), float(r["reference_us"])))
     total = protocol.rounds * len(nets)
     base_done = all((rnd, k) in done for rnd in range(protocol.rounds) for k in keys)
-    if base_done and all(ratio_se(h) <= protocol.target_se or len(h) >= protocol.max_rounds for h in history):
+    maxed = [i for i, h in enumerate(history) if len(h) >= protocol.max_rounds]
+    if base_done and not set(unsure_nets(history, protocol)) - set(maxed):
         return out
     sessions = [session(kit / e["file"], threads, provider) for e in nets]
     ref = session(kit / ref_entry["file"], threads, provider)

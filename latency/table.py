@@ -25,10 +25,20 @@ import pandas as pd
 
 from bneck_common.paths import atomic_write
 from latency.kit import layer_key
-from latency.protocol import PROTOCOL_NAME, STATISTIC, KitError, Protocol, estimate, fingerprint, read_manifest
+from latency.protocol import (
+    PROTOCOL_NAME,
+    STATISTIC,
+    KitError,
+    Protocol,
+    estimate,
+    fingerprint,
+    quiet_below_us,
+    quiet_reference_us,
+    read_manifest,
+)
 from search_space import Arch, Bneck, LayerConfig, SearchSpace, layer_cost, params
 
-TABLE_FORMAT = "bneck-latency-table/2"
+TABLE_FORMAT = "bneck-latency-table/3"
 _CFG_FIELDS = [f.name for f in fields(LayerConfig)]
 
 
@@ -40,25 +50,35 @@ class OutdatedTableError(LatencyError):
     """A table file of an older format: its numbers are not read, it must be rebuilt."""
 
 
-def row_latencies(rows: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, float], float, dict[str, float]]:
-    """Per key: the protocol's estimate (µs), the pass-to-pass spread ((max - min) / estimate), and the layer
-    reference's median burst minimum the estimates are expressed in, with its quantiles over the build.
+def row_latencies(rows: list[dict[str, Any]], protocol: Protocol | None = None
+                  ) -> tuple[dict[str, float], dict[str, float], float, dict[str, float]]:
+    """Per key: the protocol's estimate (µs), the pass-to-pass spread ((max - min) / median ratio), and the
+    layer reference's quiet latency the estimates are expressed in, with its quantiles over the build.
 
-    Each row's passes are min(burst) / min(layer-reference burst right after it); the estimate is their median
-    times the reference's median over the whole build. A host that slows down (in steps or in spikes) slows the
-    row and the reference timed with it alike, so the ratio and the estimate do not move.
+    Each row's passes are min(burst) / min(layer-reference burst right after it); the estimate is the median
+    over its quiet passes (layer reference within `quiet_tol` of the build's 5th percentile; without one, its
+    least contended pass) times the layer reference's quiet median. A host that slows down in steps or spikes
+    slows the row and the reference alike, so the ratio does not move; contention by a neighbour does not
+    (measured on the large space: a row's ratio in contended passes was 1-4% lower for bnecks, 21% for heads),
+    so the quiet passes decide.
     """
-    ratios: dict[str, list[float]] = {}
+    p = protocol or Protocol()
+    pairs: dict[str, tuple[list[float], list[float]]] = {}
     refs: list[float] = []
     for r in rows:
-        ref = float(r["ref_min_us"])
-        ratios.setdefault(r["key"], []).append(float(r["min_us"]) / ref)
+        t, ref = float(r["min_us"]), float(r["ref_min_us"])
+        times, rrefs = pairs.setdefault(r["key"], ([], []))
+        times.append(t)
+        rrefs.append(ref)
         refs.append(ref)
     if not refs:
         raise LatencyError("results have no measured rows: run the kit's measure.py")
-    ref_us = float(np.median(refs))
-    est = {k: float(np.median(v)) * ref_us for k, v in ratios.items()}
-    spread = {k: float((max(v) - min(v)) / np.median(v)) for k, v in ratios.items()}
+    below, ref_us = quiet_below_us(refs, p), quiet_reference_us(refs, p)
+    est = {k: estimate(t, r, ref_us, below, 1) for k, (t, r) in pairs.items()}
+    spread = {}
+    for k, (t, r) in pairs.items():
+        ratios = np.asarray(t) / np.asarray(r)
+        spread[k] = float((ratios.max() - ratios.min()) / np.median(ratios))
     q = np.percentile(refs, [0, 10, 50, 90, 100])
     return est, spread, ref_us, {"min": float(q[0]), "p10": float(q[1]), "p50": float(q[2]), "p90": float(q[3]),
                                  "max": float(q[4])}
@@ -481,7 +501,7 @@ class LatencyTable:
                                f"({type(exc).__name__})") from None
         if meta.get("format") != TABLE_FORMAT:
             raise OutdatedTableError(f"latency table {str(p)!r} has format {meta.get('format')!r}, this version reads "
-                                     f"{TABLE_FORMAT} (rows measured with paired bursts): rebuild it with "
+                                     f"{TABLE_FORMAT} (quiet-round whole-net timings): rebuild it with "
                                      "`bneck latency build ... --force`")
         table = cls(t.to_pandas(), meta)
         if warn_device:
@@ -540,7 +560,7 @@ class LatencyTable:
         if missing:
             raise LatencyError(f"{len(missing)} of {n_layers} kit entries are not measured yet "
                                f"(first: {missing[0]}): run the kit's measure.py again to finish")
-        est, spread, layer_ref_us, layer_ref_q = row_latencies(rows)
+        est, spread, layer_ref_us, layer_ref_q = row_latencies(rows, protocol)
         raw_median: dict[str, list[float]] = {}
         runs: dict[str, int] = {}
         for r in rows:
@@ -573,11 +593,12 @@ class LatencyTable:
         nets = [k for k, e in by_key.items() if e["kind"] == "net"]
         cal_rows = _calibration_rows(cal_path, nets, protocol.rounds)
         ref_all = [float(r["reference_us"]) for r in cal_rows]
-        table.meta["reference"]["median_us"] = float(np.median(ref_all))
+        table.meta["reference"]["median_us"] = quiet_reference_us(ref_all, protocol)
         q = np.percentile(ref_all, [0, 10, 50, 90, 100])
         table.meta["reference"]["quantiles_us"] = dict(zip(("min", "p10", "p50", "p90", "max"), map(float, q),
                                                            strict=True))
-        table.meta["calibration"] = _calibration_from_rows(cal_rows, by_key, table.reference_us, table)
+        table.meta["calibration"] = _calibration_from_rows(cal_rows, by_key, table.reference_us, table,
+                                                           protocol)
         return table
 
     # ---- a table without a device -------------------------------------------------------------------
@@ -631,9 +652,9 @@ def _calibration_rows(path: Path, nets: list[str], rounds: int) -> list[dict[str
 
 
 def _calibration_from_rows(rows: list[dict[str, str]], by_key: dict[str, Any], ref_us: float,
-                           table: LatencyTable) -> dict[str, Any]:
+                           table: LatencyTable, protocol: Protocol) -> dict[str, Any]:
     """Fit the calibration: the table's layer sums against whole networks timed next to the reference
-    (the protocol's estimate, in the units of the reference's median)."""
+    (the protocol's estimate over the quiet rounds, in the units of the reference's quiet median)."""
     pairs: dict[str, list[tuple[float, float]]] = {}
     for r in rows:
         pairs.setdefault(r["key"], []).append((float(r["whole_us"]), float(r["reference_us"])))
@@ -641,7 +662,9 @@ def _calibration_from_rows(rows: list[dict[str, str]], by_key: dict[str, Any], r
     if len(keys) < 4:
         return {"features": ["sum_us"], "coef": [1.0], "n_nets": len(keys)}
     archs = [Arch.parse(by_key[k]["arch"]) for k in keys]
-    whole = np.array([estimate([t for t, _ in pairs[k]], [r for _, r in pairs[k]], ref_us) for k in keys])
+    below = quiet_below_us([r for per in pairs.values() for _, r in per], protocol)
+    whole = np.array([estimate([t for t, _ in pairs[k]], [r for _, r in pairs[k]], ref_us, below, protocol.min_quiet)
+                      for k in keys])
     per = [table.feature_sums(a) for a in archs]
     feats = {k: np.array([f[k] for f in per]) for k in per[0]}
     sums = feats["sum_us"]

@@ -57,7 +57,7 @@ class Setup:
     space: ss.SearchSpace
     table: lat.LatencyTable
     table_path: Path
-    latency: se.LatencyModel
+    latency: lat.LatencyModel
     target_ms: float
     reward: se.Reward
     objective: se.SearchObjective
@@ -109,7 +109,7 @@ def make_setup(config: RunConfig, show_progress: bool = True) -> Setup:
     data = load_data(config.data, resolution=config.resolution, seed=config.seed, progress=show_progress)
     space = search_space_of(config, data.num_classes, config.resolution)
     table, table_path = resolve_table(config, show_progress)
-    model = se.LatencyModel(table, space)
+    model = lat.LatencyModel(table, space)
     target = config.target_ms if config.target_ms is not None else model.ms(space.preset)
     reward = se.Reward.preset(config.reward, target)
     if config.alpha is not None or config.beta is not None:

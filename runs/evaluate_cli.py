@@ -9,7 +9,7 @@ import click
 
 import search_space as ss
 from bneck_common.paths import cache_dir
-from evaluators import PROXIES, DataError, ProxyTrainer, Recipe, RecipeError, load_data, proxy_score
+from evaluators import PROXIES, DataError, ProxyTrainer, Recipe, RecipeError, load_data, proxy_score, trained_arch
 from evaluators.trainer import DEFAULT_STEPS, with_overrides
 from runs.errors import UserError, console_err, console_out
 
@@ -43,7 +43,7 @@ def evaluate_cmd(spec_or_preset: str, data_spec: str, resolution: int, steps: in
         with console_err.status(f"loading {data_spec} ..."):
             data = load_data(data_spec, resolution=resolution, seed=seed, progress=False)
         arch = ss.load_arch(spec_or_preset, None, resolution, data.num_classes) if spec_or_preset in ss.PRESETS \
-            else ss.load_arch(spec_or_preset).replace(resolution=resolution, num_classes=data.num_classes)
+            else trained_arch(ss.load_arch(spec_or_preset), data)
         if proxy is not None:
             score = proxy_score(proxy, arch, data, seed=seed, threads=recipe.threads)
             result = {"arch_id": arch.arch_id, "proxy": proxy, "score": score, "data": data.source, "seed": seed}

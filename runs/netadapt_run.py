@@ -70,12 +70,12 @@ def start_from_run(run_dir: Path, trial: int | None) -> Start:
 
 def start_from_spec(spec: str, weights: Path, data: str, resolution: int | None, seed: int, device: str) -> Start:
     """A spec with its trained weights, at `resolution` (default: the spec's) with the data's class count."""
-    from evaluators import load_data
+    from evaluators import load_data, trained_arch
 
     arch = ss.load_arch(spec)
     res = arch.resolution if resolution is None else resolution
     d = load_data(data, resolution=res, seed=seed)
-    arch = arch.replace(resolution=res, num_classes=d.num_classes)
+    arch = trained_arch(arch, d)
     model = ss.build_model(arch)
     ss.load_weights(model, weights)
     return Start(arch, state_bytes(model), None, data, res, seed, device, f"{spec} + {weights}")
@@ -129,11 +129,7 @@ def run_netadapt(start: Start, table_path: Path, out: Path, settings_kw: dict[st
     import latency as lat
     from bneck_common.progress import progress_bar
 
-    table = lat.LatencyTable.load(table_path)
-    num_classes = table.space.num_classes
-
-    def latency(arch: ss.Arch) -> float:
-        return table.predict_ms(arch.replace(resolution=table.resolution, num_classes=num_classes))
+    model = lat.LatencyModel(lat.LatencyTable.load(table_path))
 
     threads = threads or max(1, usable_cpus() // workers)
     settings = NetAdaptSettings(**{**settings_kw, "data": start.data, "resolution": start.resolution,
@@ -170,7 +166,7 @@ def run_netadapt(start: Start, table_path: Path, out: Path, settings_kw: dict[st
         elif kind == "stopped":
             console_err.print(f"[yellow]stopped[/]: {info['reason']}", highlight=False)
 
-    na = NetAdapt(out, settings, latency, executor_evaluate(executor, settings, bar), on_event, identity)
+    na = NetAdapt(out, settings, model.ms, executor_evaluate(executor, settings, bar), on_event, identity)
     try:
         with stop_on_signals(), bar if bar is not None else contextlib.nullcontext():
             summary = na.run(start.arch, start.weights)
@@ -180,8 +176,8 @@ def run_netadapt(start: Start, table_path: Path, out: Path, settings_kw: dict[st
     final = ss.Arch.from_json((na.final_dir / "spec.json").read_text())
     onnx = na.final_dir / "model.onnx"
     if not onnx.is_file():
-        deployed = final.replace(resolution=table.resolution)
-        ss.export_arch(deployed, onnx, "onnx", na.final_dir / "weights.pt")
+        # at the table's resolution, with the trained weights' classes (the table's count is for latency only)
+        ss.export_arch(final.replace(resolution=model.resolution), onnx, "onnx", na.final_dir / "weights.pt")
     summary = {**summary, "out": str(out), "origin": start.origin, "wall_s": round(time.time() - t0, 1)}
     return summary
 

@@ -108,7 +108,7 @@ def evaluate_task(task: TrialTask) -> TrialOutcome:
 
     t0 = time.perf_counter()
     data = _data(task.data, task.resolution, task.seed)
-    arch = ss.Arch.parse(task.arch).replace(resolution=data.resolution, num_classes=data.num_classes)
+    arch = ss.Arch.parse(task.arch)  # the trainer puts it at the data's resolution and classes
     trainer = ProxyTrainer(Recipe(**task.recipe), device=task.device,
                            cache_dir=cache_dir() if task.eval_cache else None)
     train_seed = task.seed if task.train_seed is None else task.train_seed
@@ -128,13 +128,13 @@ def run_job(job: FineTuneJob) -> FineTuneOutcome:
     """Fine-tune and score one network (in any process: everything comes in the job); a diverged fine-tune is a
     failed outcome, not an exception."""
     import search_space as ss
-    from evaluators import ProxyTrainer, Recipe
+    from evaluators import ProxyTrainer, Recipe, trained_arch
     from searchers.netadapt import FineTuneOutcome, load_model, state_bytes
 
     t0 = time.perf_counter()
     req = job.request
     data = _data(job.data, job.resolution, job.data_seed, req.holdout)
-    arch = ss.Arch.parse(req.arch).replace(resolution=data.resolution, num_classes=data.num_classes)
+    arch = trained_arch(ss.Arch.parse(req.arch), data)  # the weights were trained at the data's classes
     model = load_model(arch, req.weights)
     trainer = ProxyTrainer(Recipe(**req.recipe), device=job.device)
     if req.train:

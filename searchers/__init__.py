@@ -24,8 +24,6 @@ from searchers.netadapt import (
 from searchers.objective import (
     Evaluation,
     EvaluationFailed,
-    LatencyModel,
-    LatencyPredictor,
     Pending,
     SearchObjective,
     Trainer,
@@ -46,7 +44,7 @@ from searchers.search import (
 __all__ = [
     "OPTIONS", "PARETO_STRATEGIES", "REWARD_PRESETS", "STRATEGIES", "AccuracyPredictor", "ArchSampler",
     "ControllerSampler", "Evaluation", "EvaluationFailed", "FineTuneOutcome", "FineTuneRequest", "History",
-    "LatencyModel", "LatencyPredictor", "Move", "NetAdapt", "NetAdaptError", "NetAdaptSettings", "Pending", "Policy",
+    "Move", "NetAdapt", "NetAdaptError", "NetAdaptSettings", "Pending", "Policy",
     "PredictorSampler", "Proposal", "RandomSearch", "RegularizedEvolution", "Reward", "RewardError", "SearchError",
     "SearchObjective", "Trainer", "TrainingEvaluator", "create_study", "finished", "history", "make_sampler",
     "optimize_study", "params_of_vector", "propose", "vector_of_params",

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
 import optuna
 
+from latency import LatencyModel
 from search_space import Arch, SearchSpace, count
 from searchers.base import ACCURACY_ATTR, LATENCY_ATTR, SearchError
 from searchers.reward import Reward
@@ -56,48 +56,6 @@ class TrainingEvaluator:
         r = self.trainer.evaluate(arch, self.data, seed=self.seed)
         return Evaluation(r.top1, r.failed, r.reason or "", {"train_s": r.train_s, "loss": r.loss,
                                                                "cached": r.cached, "epochs": r.epochs})
-
-
-class LatencyPredictor(Protocol):
-    """What `LatencyModel` needs of a latency table (`latency.LatencyTable` is one)."""
-
-    @property
-    def space(self) -> SearchSpace:
-        """Read once, when the `LatencyModel` is made: the space the table measured (its decisions must be the
-        search space's; its resolution and class count are the deployed network's)."""
-        ...
-
-    def predict_ms(self, arch: Arch) -> float:
-        """Called by `LatencyModel.ms` (every trial), with `arch` at the table's resolution and class count."""
-        ...
-
-    def predict_ms_batch(self, encoded: np.ndarray) -> np.ndarray:
-        """Called by `LatencyModel.ms_batch` (the `predictor` sampler, scoring many candidates at once), with
-        encoded decision vectors of the search space, one per row; returns ms per row."""
-        ...
-
-
-class LatencyModel:
-    """Predicted latency of the architectures of one search space from a `LatencyTable` of a space with the
-    same decisions: the search may train at another resolution and class count than the table measured
-    (proxy training on 32 px digits, deployment at 224 px and 1000 classes); latency is always the deployed
-    network's, at the table's resolution and class count."""
-
-    def __init__(self, table: LatencyPredictor, space: SearchSpace) -> None:
-        ts = table.space
-        if [d.choices for d in ts.decisions] != [d.choices for d in space.decisions] or ts.stem != space.stem \
-                or ts.head != space.head or ts.width_mult != space.width_mult:
-            raise SearchError(f"the latency table was measured for space {ts.name} (width {ts.width_mult}), "
-                              f"whose decisions differ from the search space {space.name} (width "
-                              f"{space.width_mult}); build a table for it with `bneck latency build --space ...`")
-        self.table, self.space = table, space
-        self.resolution, self.num_classes = ts.resolution, ts.num_classes
-
-    def ms(self, arch: Arch) -> float:
-        return float(self.table.predict_ms(arch.replace(resolution=self.resolution, num_classes=self.num_classes)))
-
-    def ms_batch(self, encoded: np.ndarray) -> np.ndarray:
-        return self.table.predict_ms_batch(encoded)
 
 
 class SearchObjective:

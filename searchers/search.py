@@ -13,11 +13,12 @@ import optuna
 from optuna.trial import TrialState
 
 from bneck_common.progress import progress_bar
+from latency import LatencyModel
 from search_space import Arch, SearchSpace
 from searchers.base import RandomSearch, SearchError, params_of_vector
 from searchers.controller import ControllerSampler
 from searchers.evolution import RegularizedEvolution
-from searchers.objective import EvaluationFailed, LatencyModel, SearchObjective
+from searchers.objective import EvaluationFailed, SearchObjective
 from searchers.predictor import PredictorSampler
 from searchers.reward import Reward
 
