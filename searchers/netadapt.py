@@ -506,7 +506,7 @@ class NetAdapt:
             raise Collapsed(f"every proposal of iteration {i} collapsed: the best reaches {100 * best:.1f}% "
                                 f"holdout top-1, below {100 * s.collapse_floor:.0f}% of the start's "
                                 f"{100 * start_top1:.1f}%; the target is out of reach without wrecking the network "
-                                "(raise the target or short_steps); stopped at {cur_ms:.3f} ms")
+                                f"(raise the target or short_steps); stopped at {cur_ms:.3f} ms")
         for r in rows:
             r["selected"] = r["proposal"] == win
         chosen = proposals[win]

@@ -212,6 +212,7 @@ def test_netadapt_stops_at_the_last_good_network_when_every_proposal_collapses(n
         SEED_ARCH, state_bytes(net["model"]))
     assert summary["iterations"] == 0 and not summary["reached_target"]
     assert "collapsed" in summary["stopped"]
+    assert f"stopped at {net['table'].predict_ms(SEED_ARCH):.3f} ms" in summary["stopped"]  # the number, not "{...}"
     assert (tmp_path / "na" / "final" / "weights.pt").is_file()
 
 
