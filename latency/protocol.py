@@ -366,7 +366,7 @@ def run_kit(kit_dir: str | os.PathLike[str], out_csv: str | os.PathLike[str] | N
                 writer.writeheader()
 
             def measure(sess: Any, feeds: dict[str, np.ndarray], key: str, p: int) -> float:
-                nonlocal seq, count
+                nonlocal seq
                 t, r = paired(sess, feeds, ref_sess, ref_feeds, protocol)
                 writer.writerow({"key": key, "pass": p, "seq": seq, "min_us": f"{t.min_us:.3f}",
                                  "median_us": f"{t.median_us:.3f}", "ref_min_us": f"{r.min_us:.3f}",
@@ -394,8 +394,8 @@ def run_kit(kit_dir: str | os.PathLike[str], out_csv: str | os.PathLike[str] | N
                         count += 1
                         if progress is not None:
                             progress(count, total, e["key"])
-                # rows none of whose passes was quiet get more passes (contention shifts a row's ratio to the
-                # layer reference by -4% to -21% by layer kind, measured): until one is, up to max_passes
+                # rows none of whose passes was quiet get more passes (contention lowers a row's ratio to the
+                # layer reference by 1-21% by layer kind, measured): until one is, up to max_passes
                 for p in range(protocol.passes, protocol.max_passes):
                     below = quiet_below_us(refs, protocol)
                     loud = [i for i, rs in enumerate(chunk_refs) if rs and min(rs) > below]

@@ -145,7 +145,7 @@ def measure_cmd(spec_or_preset: str, resolution: int | None, num_classes: int | 
             ms = t.us / 1e3
     result = {"arch_id": arch.arch_id, "resolution": arch.resolution, "threads": threads, "provider": provider,
               "ms": ms, "ms_now": t.us / 1e3, "ratio_to_reference": t.ratio, "reference_ms_now": t.reference_us / 1e3,
-              "rounds": t.rounds, "round_ratio_spread": t.ratio_spread,
+              "rounds": t.rounds, "quiet_rounds": t.quiet_rounds, "round_ratio_spread": t.ratio_spread,
               "host_state": "table" if table is not None else "now",
               **({"anchor_scale": scaled.scale, "anchors": scaled.anchors} if scaled is not None else {})}
     if as_json:
@@ -153,8 +153,8 @@ def measure_cmd(spec_or_preset: str, resolution: int | None, num_classes: int | 
     else:
         where = "in the table's host state" if table is not None else "now"
         console_out.print(f"{spec_or_preset} @{arch.resolution}px, {threads} thread(s): {ms:.3f} ms {where} "
-                          f"({t.ratio:.4f} x the reference, {t.rounds} rounds, round-to-round spread "
-                          f"{100 * t.ratio_spread:.1f}%)", highlight=False)
+                          f"({t.ratio:.4f} x the reference, {t.rounds} rounds ({t.quiet_rounds} quiet), round-to-round "
+                          f"spread {100 * t.ratio_spread:.1f}%)", highlight=False)
 
 
 @latency_group.command("predict")
