@@ -96,7 +96,7 @@ def offgrid_anchors(configs: Sequence[LayerConfig]) -> list[LayerConfig]:
         if c.kind == "bneck":
             key = (c.kind, c.size, c.stride, c.kernel, c.se, c.act, c.expand != c.cin, c.cin == c.out)
         elif c.kind in ("stem", "head"):
-            key = (c.kind, c.size, c.kernel, c.stride, c.act, c.num_classes, c.out if c.kind == "head" else 0)
+            key = (c.kind, c.size, c.kernel, c.stride, c.act, c.num_classes, c.head_hidden if c.kind == "head" else 0)
         else:
             continue
         families.setdefault(key, []).append(c)

@@ -282,19 +282,20 @@ class LatencyTable:
         around it, and outside them the nearest row scaled by the mult-adds ratio. A head whose conv width was
         never measured (a uniformly thinner network) uses every head row of its input size the same way.
         """
-        e = self.entries
+        e = self.entries  # a head row stores its conv width in "expand", its hidden width in "out" (LayerConfig)
         if cfg.kind == "head":
+            conv, hidden = cfg.head_conv or 0, cfg.head_hidden or 0
             fit = self._head_fit(cfg)
             if fit is not None:
-                return max(float(np.array([1.0, cfg.cin * cfg.expand, cfg.expand, cfg.cin]) @ fit), 1e-3)
-            rows = e[(e["kind"] == "head") & (e["size"] == cfg.size) & (e["expand"] == cfg.expand)
-                     & (e["out"] == cfg.out) & (e["act"] == cfg.act) & (e["num_classes"] == cfg.num_classes)]
+                return max(float(np.array([1.0, cfg.cin * conv, conv, cfg.cin]) @ fit), 1e-3)
+            rows = e[(e["kind"] == "head") & (e["size"] == cfg.size) & (e["expand"] == conv)
+                     & (e["out"] == hidden) & (e["act"] == cfg.act) & (e["num_classes"] == cfg.num_classes)]
         else:
             rows = e[(e["kind"] == "stem") & (e["size"] == cfg.size) & (e["cin"] == cfg.cin)
                      & (e["kernel"] == cfg.kernel) & (e["stride"] == cfg.stride) & (e["act"] == cfg.act)]
         if not len(rows) and cfg.kind == "head":  # another conv width too (uniform width scaling): any head
             rows = e[(e["kind"] == "head") & (e["size"] == cfg.size) & (e["act"] == cfg.act)
-                     & (e["num_classes"] == cfg.num_classes) & ((e["out"] > 0) == (cfg.out > 0))]
+                     & (e["num_classes"] == cfg.num_classes) & ((e["out"] > 0) == bool(cfg.head_hidden))]
         if not len(rows):
             return None
         m = np.array([float(layer_cost(dataclasses.replace(cfg, cin=int(r["cin"]), expand=int(r["expand"]),
@@ -312,13 +313,14 @@ class LatencyTable:
         """Least squares over the heads of the same input size, hidden width, NL and classes, on
         [1, input x conv width, conv width, input width], when the table has enough of them (the build's
         anchors give a grid of input and conv widths down to half); None otherwise."""
-        key = ("head", cfg.size, cfg.out, cfg.act, cfg.num_classes, cfg.expand > 0)
+        hidden, has_conv = cfg.head_hidden or 0, cfg.head_conv is not None
+        key = ("head", cfg.size, hidden, cfg.act, cfg.num_classes, has_conv)
         if key not in self._family_fits:
-            e = self.entries
-            rows = e[(e["kind"] == "head") & (e["size"] == cfg.size) & (e["out"] == cfg.out) & (e["act"] == cfg.act)
-                     & (e["num_classes"] == cfg.num_classes) & ((e["expand"] > 0) == (cfg.expand > 0))]
+            e = self.entries  # head rows: conv width in "expand", hidden width in "out"
+            rows = e[(e["kind"] == "head") & (e["size"] == cfg.size) & (e["out"] == hidden) & (e["act"] == cfg.act)
+                     & (e["num_classes"] == cfg.num_classes) & ((e["expand"] > 0) == has_conv)]
             fit = None
-            if cfg.expand > 0 and len(rows) >= 6 and rows["expand"].nunique() >= 2 and rows["cin"].nunique() >= 2:
+            if has_conv and len(rows) >= 6 and rows["expand"].nunique() >= 2 and rows["cin"].nunique() >= 2:
                 cin, conv = rows["cin"].to_numpy(dtype=float), rows["expand"].to_numpy(dtype=float)
                 x = np.column_stack([np.ones_like(cin), cin * conv, conv, cin])
                 fit, *_ = np.linalg.lstsq(x, rows["median_us"].to_numpy(dtype=float), rcond=None)
@@ -408,7 +410,7 @@ class LatencyTable:
         get = self._us_by_tuple.get
         size = arch.resolution
         s = arch.stem
-        edge = get(("stem", size, 3, 0, s.out, s.kernel, s.stride, False, s.act))
+        edge = get(("stem", size, 3, 0, s.out, s.kernel, s.stride, False, s.act))  # LayerConfig.of_stem's fields
         if edge is None:
             return None
         size = (size + s.stride - 1) // s.stride

@@ -13,6 +13,7 @@ from torch import nn
 
 from search_space.spec import Arch, Bneck, DepthwiseSeparable, LayerConfig, se_channels
 from search_space.spec import Head as HeadSpec
+from search_space.spec import Stem as StemSpec
 
 BN_EPS = 1e-3  # torchvision MobileNetV3 and the TF reference models
 BN_MOMENTUM = 0.01
@@ -170,21 +171,15 @@ def build_layer(cfg: LayerConfig, seed: int = 0) -> nn.Module:
     Its input is `layer_input_shape(cfg)`. Same classes as `build_model`, so exported ops are identical.
     """
     module: nn.Module
-    if cfg.kind == "stem":
-        module = ConvBNAct(cfg.cin, cfg.out, cfg.kernel, cfg.stride, act=cfg.act)
-    elif cfg.kind == "bneck":
-        module = InvertedResidual(cfg.cin, Bneck(cfg.kernel, cfg.expand, cfg.out, cfg.stride, cfg.se,
-                                                 cfg.act))  # type: ignore[arg-type]
-    elif cfg.kind == "ds":
-        module = DepthwiseSeparableBlock(cfg.cin, DepthwiseSeparable(cfg.kernel, cfg.out, cfg.stride,
-                                                                     cfg.act))  # type: ignore[arg-type]
-    elif cfg.kind == "head":
-        conv_act, hidden_act = cfg.act.split("/")
-        spec = HeadSpec(conv=cfg.expand or None, conv_act=conv_act, hidden=cfg.out or None,  # type: ignore[arg-type]
-                        hidden_act=hidden_act, dropout=0.0)  # type: ignore[arg-type]
-        module = Head(cfg.cin, spec, cfg.num_classes)
+    spec = cfg.spec()
+    if isinstance(spec, StemSpec):
+        module = ConvBNAct(cfg.cin, spec.out, spec.kernel, spec.stride, act=spec.act)
+    elif isinstance(spec, Bneck):
+        module = InvertedResidual(cfg.cin, spec)
+    elif isinstance(spec, DepthwiseSeparable):
+        module = DepthwiseSeparableBlock(cfg.cin, spec)
     else:
-        raise ValueError(f"unknown layer kind {cfg.kind!r}")
+        module = Head(cfg.cin, spec, cfg.num_classes)
     init_weights(module, seed)
     return module.eval()
 

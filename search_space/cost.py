@@ -42,16 +42,17 @@ def layer_cost(cfg: LayerConfig) -> tuple[int, int]:
             p += 2 * e * sq + sq + e
             m += 2 * e * sq
         return p, m
-    # head: expand = conv width (0: none), out = hidden width (0: none), then the classifier
+    # head: [conv] -> pool -> [hidden] -> classifier
     p = m = 0
-    if e:
-        p += cin * e + 2 * e
-        m += size * size * cin * e
-        cin = e
-    if out:
-        p += cin * out + out
-        m += cin * out
-        cin = out
+    conv, hidden = cfg.head_conv, cfg.head_hidden
+    if conv:
+        p += cin * conv + 2 * conv
+        m += size * size * cin * conv
+        cin = conv
+    if hidden:
+        p += cin * hidden + hidden
+        m += cin * hidden
+        cin = hidden
     return p + cin * cfg.num_classes + cfg.num_classes, m + cin * cfg.num_classes
 
 

@@ -318,10 +318,9 @@ class SearchSpace:
     def layer_configs(self, resolution: int | None = None) -> list[LayerConfig]:
         """Every distinct latency-relevant layer any architecture of the space has at `resolution`."""
         size = self.resolution if resolution is None else resolution
-        s = self.stem
-        configs = {LayerConfig("stem", size, 3, 0, s.out, s.kernel, s.stride, False, s.act)}
-        size = out_size(size, s.stride)
-        in_widths: set[int] = {s.out}
+        configs = {LayerConfig.of_stem(self.stem, size)}
+        size = out_size(size, self.stem.stride)
+        in_widths: set[int] = {self.stem.out}
         for st in self.stages:
             outs = set(st.widths)
             for out in outs:
@@ -331,14 +330,12 @@ class SearchSpace:
                             for cin, stride, sz in [(c, st.stride, size) for c in in_widths] + (
                                     [(out, 1, out_size(size, st.stride))] if st.max_depth > 1 else []):
                                 for r in self.expand_ratios:
-                                    configs.add(LayerConfig("bneck", sz, cin, make_divisible(cin * r, 8), out, k,
-                                                            stride, se, act))
+                                    block = Bneck(k, make_divisible(cin * r, 8), out, stride, se, act)
+                                    configs.add(LayerConfig.of_block(block, sz, cin))
             size = out_size(size, st.stride)
             in_widths = outs
-        h = self.head
         for cin in in_widths:
-            configs.add(LayerConfig("head", size, cin, h.conv or 0, h.hidden or 0, 1, 1, False,
-                                    f"{h.conv_act}/{h.hidden_act}", self.num_classes))
+            configs.add(LayerConfig.of_head(self.head, size, cin, self.num_classes))
         return sorted(configs, key=lambda c: (c.kind != "stem", c.kind == "head", -c.size, c.cin, c.out,
                                               c.expand, c.kernel, c.stride, c.se, c.act))
 
@@ -350,10 +347,9 @@ class SearchSpace:
         the per-architecture sums, shape (n,) or (n, len(tuple)), with numpy gathers only.
         """
         size = self.resolution if resolution is None else resolution
-        s = self.stem
-        stem = np.asarray(fn(LayerConfig("stem", size, 3, 0, s.out, s.kernel, s.stride, False, s.act)), dtype)
-        size = out_size(size, s.stride)
-        prev_widths: tuple[int, ...] = (s.out,)
+        stem = np.asarray(fn(LayerConfig.of_stem(self.stem, size)), dtype)
+        size = out_size(size, self.stem.stride)
+        prev_widths: tuple[int, ...] = (self.stem.out,)
         first, rest = [], []
         for st in self.stages:
             osize = out_size(size, st.stride)
@@ -361,7 +357,7 @@ class SearchSpace:
             shape = (len(st.kernels), len(st.se), len(st.acts), len(self.expand_ratios), *stem.shape)
 
             def table(cin: int, out: int, stride: int, sz: int, grid: list = grid, shape: tuple = shape) -> np.ndarray:
-                vals = [fn(LayerConfig("bneck", sz, cin, make_divisible(cin * r, 8), out, k, stride, se, act))
+                vals = [fn(LayerConfig.of_block(Bneck(k, make_divisible(cin * r, 8), out, stride, se, act), sz, cin))
                         for k, se, act, r in grid]
                 return np.asarray(vals, dtype).reshape(shape)
 
@@ -369,9 +365,7 @@ class SearchSpace:
                                    for cin in prev_widths]))
             rest.append(np.stack([table(out, out, 1, osize) for out in st.widths]) if st.max_depth > 1 else None)
             size, prev_widths = osize, st.widths
-        h = self.head
-        head = np.stack([np.asarray(fn(LayerConfig("head", size, cin, h.conv or 0, h.hidden or 0, 1, 1, False,
-                                                   f"{h.conv_act}/{h.hidden_act}", self.num_classes)), dtype)
+        head = np.stack([np.asarray(fn(LayerConfig.of_head(self.head, size, cin, self.num_classes)), dtype)
                          for cin in prev_widths])
         return LayerTables(self, stem, first, rest, head)
 

@@ -161,7 +161,12 @@ class LayerConfig:
     """One latency-relevant layer: what a latency table keys on and what the cost model counts.
 
     `size` is the input feature map's side; `kind` is 'stem', 'bneck', 'ds' or 'head'. Unused fields are 0.
-    For the head, `expand` holds the conv width (0: none) and `out` the hidden width (0: none).
+    The fields are the latency table's row layout, stored in every table and kit, so they keep their names even
+    where a kind uses them for something else (the head's conv width sits in `expand`, its hidden width in `out`,
+    its two NLs in `act`). Nothing outside this class packs or reads them that way: build a config with
+    `of_stem` / `of_block` / `of_head`, read it back with `spec()` or `head_conv` / `head_hidden`.
+    (`LatencyTable._fast_sums` repeats the packing as tuples: it is the search's hot path, 6x faster than
+    `Arch.layers()`, and a test holds it to this class.)
     """
 
     kind: str
@@ -174,6 +179,51 @@ class LayerConfig:
     se: bool
     act: str
     num_classes: int = 0
+
+    @classmethod
+    def of_stem(cls, stem: Stem, size: int) -> LayerConfig:
+        return cls("stem", size, 3, 0, stem.out, stem.kernel, stem.stride, False, stem.act)
+
+    @classmethod
+    def of_block(cls, block: Bneck | DepthwiseSeparable, size: int, cin: int) -> LayerConfig:
+        if isinstance(block, Bneck):
+            return cls("bneck", size, cin, block.expand, block.out, block.kernel, block.stride, block.se, block.act)
+        return cls("ds", size, cin, 0, block.out, block.kernel, block.stride, False, block.act)
+
+    @classmethod
+    def of_head(cls, head: Head, size: int, cin: int, num_classes: int) -> LayerConfig:
+        return cls("head", size, cin, head.conv or 0, head.hidden or 0, 1, 1, False,
+                   f"{head.conv_act}/{head.hidden_act}", num_classes)
+
+    @property
+    def head_conv(self) -> int | None:
+        """The head's 1x1 conv width (None: no conv)."""
+        self._require("head")
+        return self.expand or None
+
+    @property
+    def head_hidden(self) -> int | None:
+        """The head's hidden (pre-classifier) width (None: no hidden layer)."""
+        self._require("head")
+        return self.out or None
+
+    def spec(self) -> Stem | Bneck | DepthwiseSeparable | Head:
+        """The spec this layer was made from (a head without dropout: dropout costs no time)."""
+        if self.kind == "stem":
+            return Stem(self.out, self.kernel, self.stride, self.act)  # type: ignore[arg-type]
+        if self.kind == "bneck":
+            return Bneck(self.kernel, self.expand, self.out, self.stride, self.se, self.act)  # type: ignore[arg-type]
+        if self.kind == "ds":
+            return DepthwiseSeparable(self.kernel, self.out, self.stride, self.act)  # type: ignore[arg-type]
+        if self.kind == "head":
+            conv_act, hidden_act = self.act.split("/")
+            return Head(conv=self.head_conv, conv_act=conv_act, hidden=self.head_hidden,  # type: ignore[arg-type]
+                        hidden_act=hidden_act, dropout=0.0)  # type: ignore[arg-type]
+        raise SpecError(f"kind {self.kind!r} not in {{stem,bneck,ds,head}}")
+
+    def _require(self, kind: str) -> None:
+        if self.kind != kind:
+            raise AttributeError(f"a {self.kind} layer has no {kind} fields")
 
     @property
     def out_size(self) -> int:
@@ -223,20 +273,14 @@ class Arch:
     def layers(self, resolution: int | None = None) -> list[LayerConfig]:
         """Every layer as a `LayerConfig` at `resolution` (default: the arch's own)."""
         size = self.resolution if resolution is None else resolution
-        s = self.stem
-        out = [LayerConfig("stem", size, 3, 0, s.out, s.kernel, s.stride, False, s.act)]
-        size = out_size(size, s.stride)
-        cin = s.out
+        out = [LayerConfig.of_stem(self.stem, size)]
+        size = out_size(size, self.stem.stride)
+        cin = self.stem.out
         for b in self.blocks:
-            if isinstance(b, Bneck):
-                out.append(LayerConfig("bneck", size, cin, b.expand, b.out, b.kernel, b.stride, b.se, b.act))
-            else:
-                out.append(LayerConfig("ds", size, cin, 0, b.out, b.kernel, b.stride, False, b.act))
+            out.append(LayerConfig.of_block(b, size, cin))
             size = out_size(size, b.stride)
             cin = b.out
-        h = self.head
-        out.append(LayerConfig("head", size, cin, h.conv or 0, h.hidden or 0, 1, 1, False,
-                               f"{h.conv_act}/{h.hidden_act}", self.num_classes))
+        out.append(LayerConfig.of_head(self.head, size, cin, self.num_classes))
         return out
 
     # ---- identity and serialization ----------------------------------------------------------------

@@ -1,5 +1,7 @@
 """The analytic cost model agrees with the torch module it describes, and its three forms agree."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -141,3 +143,27 @@ def test_count_encoded_accepts_a_single_vector_and_a_canonical_encoding():
     vec = space.encode(mobilenet_v3_small())
     p, m = count_encoded(space, vec)
     assert (p.tolist(), m.tolist()) == ([2_542_856], [56_510_400])
+
+
+# ---- one constructor per layer kind, one unpacker --------------------------------------------------------------
+@pytest.mark.parametrize("make", PRESETS)
+def test_layer_configs_unpack_to_their_specs_and_build_what_they_cost(make):
+    from search_space.builder import build_layer
+    from search_space.spec import LayerConfig
+
+    arch = make()
+    layers = arch.layers()
+    for i, cfg in enumerate(layers):
+        spec = cfg.spec()
+        if isinstance(spec, Stem):
+            assert spec == arch.stem and LayerConfig.of_stem(spec, cfg.size) == cfg
+        elif isinstance(spec, Head):
+            assert spec == dataclasses.replace(arch.head, dropout=0.0)
+            assert (cfg.head_conv, cfg.head_hidden) == (arch.head.conv, arch.head.hidden)
+            assert LayerConfig.of_head(spec, cfg.size, cfg.cin, cfg.num_classes) == cfg
+        else:
+            assert spec == arch.blocks[i - 1] and LayerConfig.of_block(spec, cfg.size, cfg.cin) == cfg
+        n_params = sum(p.numel() for p in build_layer(cfg).parameters())
+        assert n_params == layer_cost(cfg)[0], f"layer {i} ({cfg.kind})"
+    with pytest.raises(AttributeError, match="a stem layer has no head fields"):
+        _ = layers[0].head_conv
