@@ -69,7 +69,7 @@ def search_config(trials: int, searcher: str, steps: int, seed: int, confirm_top
             "threads": 1, "latency_resolution": LATENCY_RESOLUTION, "confirm": {"top": confirm_top, "seeds": 2}}
 
 
-def run_search(run: Path, config: dict[str, Any]) -> None:
+def run_bneck_search(run: Path, config: dict[str, Any]) -> None:
     """`bneck search` in `run` (new, or resumed when it holds a run); its progress goes to this terminal."""
     bneck = Path(sys.executable).with_name("bneck")
     if RunDir(run).exists():
@@ -159,7 +159,7 @@ def main() -> None:
         args.run = args.run.with_name(args.run.name + "-quick")
     t0 = time.perf_counter()
     table, table_path, ceiling_ms = latency_setup()
-    run_search(args.run, search_config(args.trials, args.searcher, args.steps, args.seed, max(3, args.top),
+    run_bneck_search(args.run, search_config(args.trials, args.searcher, args.steps, args.seed, max(3, args.top),
                                        table_path, ceiling_ms))
     ref_row, found = confirmed(args.run, args.top)
     data = load_data(DATA, resolution=RESOLUTION, seed=0)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from bneck_common.paths import atomic_write
 from bneck_common.paths import cache_dir as default_cache_dir
 from bneck_common.progress import progress_bar
 
@@ -458,15 +459,6 @@ def _progress_bar(enabled: bool, total: int, description: str) -> Iterator[Calla
         yield lambda k: prog.advance(task, k)
 
 
-def _write_atomic(path: Path, write: Callable[[Any], None]) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
 
 def _cache_paths(base: Path) -> tuple[Path, Path, Path]:
     return base.with_name(base.name + ".npy"), base.with_name(base.name + ".labels.npy"), \
@@ -522,12 +514,12 @@ def _build_cache(base: Path, source: str, paths: Sequence[Path], y: np.ndarray, 
                 f.write(buf[:k].data)
                 advance(k)
 
-    _write_atomic(x_path, write_images)
-    _write_atomic(y_path, lambda f: np.save(f, y))
+    atomic_write(x_path, write_images)
+    atomic_write(y_path, lambda f: np.save(f, y))
     mean, std = stats.result()
     meta = {"format": CACHE_FORMAT, "source": source, "classes": list(classes), "resolution": resolution,
             "n_train": n_train, "n_val": n - n_train, "mean": mean, "std": std}
-    _write_atomic(meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
+    atomic_write(meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
 
 
 def _load_folder(source: str, root: Path, resolution: int, seed: int, val_fraction: float, cache_root: Path,

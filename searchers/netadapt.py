@@ -25,14 +25,13 @@ import io
 import json
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bneck_common.paths import atomic_write
+from bneck_common.paths import atomic_dir, atomic_write
 from search_space import Arch, Bneck, SpecError
 from search_space.surgery import prune_expand, prune_group, residual_group_of, shrink_expand, shrink_group
 
@@ -243,6 +242,7 @@ class FineTuneOutcome:
     weights: bytes | None
     seconds: float
     worker: str = ""
+    top1_before: float | None = None  # a proposal's held-out top-1 right after the cut, before its fine-tune
 
 
 def state_bytes(model: Any) -> bytes:
@@ -320,16 +320,6 @@ class Iteration:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def _atomic_dir(final: Path, files: dict[str, bytes]) -> None:
-    tmp = final.with_name(f".{final.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, data in files.items():
-        (tmp / name).write_bytes(data)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-
-
 def _json(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2, default=float) + "\n").encode()
 
@@ -373,7 +363,7 @@ class NetAdapt:
                          json.loads((d / "metrics.json").read_text()))
 
     def _save_iteration(self, it: Iteration) -> None:
-        _atomic_dir(self._iter_dir(it.index), {"spec.json": it.arch.to_json().encode(), "weights.pt": it.weights,
+        atomic_dir(self._iter_dir(it.index), {"spec.json": it.arch.to_json().encode(), "weights.pt": it.weights,
                                                 "metrics.json": _json(it.metrics)})
 
     # ---- state file: what was asked; a resume must ask the same ----
@@ -491,7 +481,8 @@ class NetAdapt:
         for k, p in enumerate(proposals):
             o = outcomes[k]
             rows.append({"iteration": i, "proposal": k, "move": p.move.label, **p.move.to_dict(),
-                         "latency_ms": p.latency_ms, "top1": o.top1, "loss": o.loss, "failed": o.failed,
+                         "latency_ms": p.latency_ms, "top1_before": o.top1_before, "top1": o.top1, "loss": o.loss,
+                         "failed": o.failed,
                          "reason": o.reason, "seconds": o.seconds})
         for r, bad in zip(rows, collapsed(rows, start_top1, s.collapse_gap, s.collapse_floor), strict=True):
             r["collapsed"] = bad and not r["failed"]
@@ -511,6 +502,7 @@ class NetAdapt:
             r["selected"] = r["proposal"] == win
         chosen = proposals[win]
         metrics = {"iteration": i, "latency_ms": chosen.latency_ms, "holdout_top1": rows[win]["top1"],
+                   "holdout_top1_before": rows[win]["top1_before"],
                    "holdout_loss": rows[win]["loss"], "move": chosen.move.label, "delta_ms": delta,
                    "proposals": rows, "wall_s": time.perf_counter() - t0}
         weights = outcomes[win].weights
@@ -554,7 +546,7 @@ class NetAdapt:
             "adapt_s": adapt_s, "long_s": time.perf_counter() - t0, "settings": s.to_dict(),
             "reached_target": last.metrics["latency_ms"] <= s.target_ms, "stopped": stopped,
         }
-        _atomic_dir(self.final_dir, {"spec.json": last.arch.to_json().encode(),
+        atomic_dir(self.final_dir, {"spec.json": last.arch.to_json().encode(),
                                      "arch.txt": (last.arch.to_string() + "\n").encode(), "weights.pt": out.weights})
         atomic_write(self.out / "result.json", _json(summary))
         self.on_event("finished", summary)
@@ -564,8 +556,8 @@ class NetAdapt:
         """trajectory.parquet (one row per iteration) and proposals.parquet (every proposal of every iteration)."""
         import pandas as pd
 
-        traj = pd.DataFrame([{k: m.get(k) for k in ("iteration", "latency_ms", "holdout_top1", "holdout_loss",
-                                                     "move", "delta_ms", "wall_s")} for m in history])
+        traj = pd.DataFrame([{k: m.get(k) for k in ("iteration", "latency_ms", "holdout_top1_before", "holdout_top1",
+                                                     "holdout_loss", "move", "delta_ms", "wall_s")} for m in history])
         traj.to_parquet(self.out / "trajectory.parquet", index=False)
         props = [r for m in history for r in m.get("proposals", [])]
         if props:
