@@ -289,10 +289,13 @@ def _trajectory_lines(path: Path) -> list[str]:
         traj = pd.read_parquet(path)
     except (OSError, ValueError):
         return []
-    lines = ["", "| iteration | move | predicted ms | held-out top-1 |", "|---|---|---|---|"]
+    lines = ["", "| iteration | move | predicted ms | held-out top-1 after the cut | after the short fine-tune |",
+             "|---|---|---|---|---|"]
     for _, t in traj.iterrows():
         move = "start" if pd.isna(t["move"]) or not t["move"] else t["move"]
-        lines.append(f"| {int(t['iteration'])} | {move} | {t['latency_ms']:.3f} | "
+        before = t.get("holdout_top1_before")
+        cut = "" if before is None or pd.isna(before) else f"{100 * before:.2f}%"
+        lines.append(f"| {int(t['iteration'])} | {move} | {t['latency_ms']:.3f} | {cut} | "
                      f"{100 * t['holdout_top1']:.2f}% |")
     return lines
 
@@ -309,13 +312,17 @@ def write_trajectory_plot(out_dir: Path, target_ms: float) -> Path | None:
 
 
 def plot_trajectory(traj: pd.DataFrame, target_ms: float, path: Path) -> Path:
-    """Held-out top-1 against predicted latency, one point per NetAdapt iteration, the target marked."""
+    """Held-out top-1 against predicted latency, one point per NetAdapt iteration (the chosen proposal right after
+    its cut and after its short-term fine-tune), the target marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    if "holdout_top1_before" in traj and traj["holdout_top1_before"].notna().any():
+        ax.plot(traj["latency_ms"], 100 * traj["holdout_top1_before"].astype(float), "v", color="tab:gray", ms=4,
+                label="right after the cut")
     ax.plot(traj["latency_ms"], 100 * traj["holdout_top1"], "o-", color="tab:blue", ms=4,
             label="after short-term fine-tune")
     ax.plot(traj["latency_ms"].iloc[:1], 100 * traj["holdout_top1"].iloc[:1], "*", color="tab:orange", ms=14,

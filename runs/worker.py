@@ -137,16 +137,19 @@ def run_job(job: FineTuneJob) -> FineTuneOutcome:
     arch = trained_arch(ss.Arch.parse(req.arch), data)  # the weights were trained at the data's classes
     model = load_model(arch, req.weights)
     trainer = ProxyTrainer(Recipe(**req.recipe), device=job.device)
+    before = None
     if req.train:
+        if req.holdout is not None:  # a proposal: what the cut alone did, beside what the fine-tune recovers
+            before = float(trainer.score(model, data, "val")[0])
         result, model = trainer.fine_tune(arch, model, data, seed=req.seed)  # the recipe's BN momentum, on device
         if result.failed:
             return FineTuneOutcome(req.index, 0.0, math.inf, True, result.reason or "failed", None,
-                                   time.perf_counter() - t0, _worker())
+                                   time.perf_counter() - t0, _worker(), before)
         top1, loss = result.top1, result.loss
     else:
         top1, loss = trainer.score(model, data, "val")
     return FineTuneOutcome(req.index, float(top1), float(loss), False, "", state_bytes(model),
-                           time.perf_counter() - t0, _worker())
+                           time.perf_counter() - t0, _worker(), before)
 
 
 def run_task(task: TrialTask | FineTuneJob) -> TrialOutcome | FineTuneOutcome:

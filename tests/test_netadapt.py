@@ -242,6 +242,10 @@ def test_run_reaches_the_target_and_writes_every_output(net, finished):
     props = pd.read_parquet(out / "proposals.parquet")
     assert (props.groupby("iteration")["selected"].sum() == 1).all()
     assert sorted(props.loc[props["selected"], "move"]) == sorted(traj["move"].iloc[1:])
+    # each proposal is scored right after its cut too: the plot and report show what the fine-tune recovered
+    assert props["top1_before"].between(0, 1).all()
+    assert traj["holdout_top1_before"].iloc[1:].tolist() == props.loc[props["selected"], "top1_before"].tolist()
+    assert (props["top1_before"] != props["top1"]).any()  # scored before the 2 fine-tune steps, not after
     # every iteration's latency cut met its δ (except the last, which may only need what was left)
     for i in range(1, r["iterations"]):
         assert traj["latency_ms"][i - 1] - traj["latency_ms"][i] >= traj["delta_ms"][i] - 1e-9
