@@ -1,145 +1,354 @@
-"""NetAdapt on MobileNetV3-Small trained on builtin:digits, down to 80% of its predicted latency.
+"""NetAdapt against uniform width scaling and the search, at equal measured latency, on Fashion-MNIST.
 
-Start: MobileNetV3-Small trained 3 epochs on digits at 32 px (seed 0); latency: this machine's 224 px table
-(1000-class head, as deployed). NetAdapt runs with MobileNetV3's δ = 1% of the starting latency, 10-step
-short-term fine-tunes on 2 local workers, ΔAcc/|ΔLat| selection, then a 2-epoch long-term fine-tune.
-Baseline: uniform width scaling, the largest width multiplier α whose predicted latency meets the same target,
-trained from scratch for as many epochs as NetAdapt's result saw in total (3 + 2). Accuracies on digits move by
-about a point between seeds, so the long-term fine-tune and the baseline are both run with `--seeds` seeds.
-Measured latency: ONNX in onnxruntime at 224 px, 1 thread, the three networks interleaved round by round.
-Usage: python benchmarks/netadapt.py [--out FILE] [--seeds 3] [--rounds 15]
+Yang et al. (2018) claim that layer-wise pruning guided by measured latency keeps more accuracy than thinning
+every layer alike; MobileNetV3 ran NetAdapt after its search. This benchmark asks it of our NetAdapt:
+
+1. Start: MobileNetV3-Small (α 1.0, 32 px, 10 classes) trained START_STEPS steps on fashion's training split
+   *minus the holdout* that NetAdapt ranks its proposals on (HOLDOUT of it, split before the start is trained,
+   so no proposal is scored on images the start saw). Latency: this machine's 224 px table of the small space,
+   the network deployed as the table predicts it (224 px, the table's class count).
+2. NetAdapt to TARGETS (80% and 60% of the start's predicted latency): δ = STEP_FRAC of the start's latency
+   per iteration, SHORT_STEPS-step short-term fine-tunes, ΔAcc/|ΔLat| selection with the guard rails (collapsed
+   proposals never selected, at most `max_cut` of a slot per step). The 60% run continues from the 80% run's
+   result (its pruned weights, the same absolute δ): the iterations a single run to 60% would make on the way,
+   paid once. No long-term fine-tune inside NetAdapt: it is done here, LONG_STEPS steps on the whole training
+   split with `--seeds` seeds, scored on the test split.
+3. Uniform width scaling at equal *measured* latency: the α whose predicted latency matches NetAdapt's result,
+   then three α around it timed interleaved with NetAdapt's result (onnxruntime, the table's protocol and
+   anchors), and the α whose measured latency interpolates to NetAdapt's measured one. Trained from scratch for
+   START_STEPS + LONG_STEPS steps (the steps NetAdapt's result saw, short-term fine-tunes aside), `--seeds` seeds.
+4. The search's answer at that latency: the best proxy-scored trial of `--search-run` (benchmarks/fashion_search.py's
+   run) whose predicted latency is at most NetAdapt's result's, trained from scratch like the uniform baseline.
+5. Everything timed once more, interleaved, in two passes 20 s apart; top-1 on fashion's 10,000 test images.
+
+How the schedule was chosen: δ = 2% of the start (MobileNetV3 used 1%) reaches 80% in about 10 iterations and
+60% in 10 more, and 40-step short-term fine-tunes with 2,400 held-out images keep the whole benchmark near 45
+minutes on 2 cores; with a 50% cap per slot and step, 4% left most iterations without a proposal meeting δ. An
+iteration is informative when the spread of its proposals' held-out top-1 exceeds twice the holdout's binomial
+standard error; the JSON reports both per iteration (`informativeness`).
+Usage: python benchmarks/netadapt.py [--seeds 3] [--quick] [--data builtin:digits] [--out FILE]
+Resumable: NetAdapt runs resume from their dirs, trainings come from the eval cache, fine-tunes from done.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import concurrent.futures as cf
+import json
+import multiprocessing as mp
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, write
-from search_efficiency import load_table
+from _common import write
 
+import latency as lat
 import search_space as ss
-from bneck_common.paths import cache_dir
-from evaluators import ProxyTrainer, Recipe, load_data
-from latency.build import default_reference, measure_whole
-from runs.netadapt_run import Start, run_netadapt
-from runs.worker import FineTuneJob, run_job
-from searchers.netadapt import FineTuneRequest, state_bytes
+from bneck_common.paths import RUNS_DIR, atomic_write, cache_dir
 
-START_EPOCHS, LONG_EPOCHS = 3.0, 2.0
+RESOLUTION = 32
+LATENCY_RESOLUTION = 224
+HOLDOUT = 0.05  # of fashion's 48,000 training images: 2,400 rank the proposals (binomial SE ~0.8 points at 80%)
+START_STEPS = 500
+LONG_STEPS = 250
+SHORT_STEPS = 40
+STEP_FRAC = 0.02
+TARGETS = (0.8, 0.6)
+LONG_LR = 0.05
 
 
-def uniform_width(table, target_ms: float, num_classes: int) -> tuple[float, ss.Arch, float]:
-    """Largest α (to 0.005) whose V3-Small meets the target per the table."""
-    def ms(alpha: float) -> float:
-        return table.predict_ms(ss.mobilenet_v3_small(alpha, table.resolution, table.space.num_classes))
+# ---- trainings (in worker processes: top-level functions, everything in the arguments) ------------------------
+def _init(threads: int) -> None:
+    import torch
 
-    lo, hi = 0.3, 1.0
+    torch.set_num_threads(threads)
+
+
+def scratch_top1(arch_text: str, data_spec: str, steps: int, seed: int, threads: int) -> float:
+    """Test top-1 of `arch` trained from scratch with the default recipe for `steps` (eval cache)."""
+    from evaluators import ProxyTrainer, Recipe, load_data
+
+    data = load_data(data_spec, resolution=RESOLUTION, seed=0, progress=False)
+    trainer = ProxyTrainer(Recipe(steps=steps, threads=threads), cache_dir=cache_dir())
+    res = trainer.evaluate(ss.Arch.parse(arch_text), data, seed=seed, return_model=True)
+    return 0.0 if res.failed else float(trainer.score(res.model, data, "test")[0])  # type: ignore[arg-type]
+
+
+def finetuned_top1(arch_text: str, weights: bytes, data_spec: str, steps: int, seed: int, threads: int) -> float:
+    """Test top-1 of the pruned network after a `steps` fine-tune on the whole training split."""
+    from evaluators import ProxyTrainer, Recipe, load_data, trained_arch
+    from searchers.netadapt import load_model
+
+    data = load_data(data_spec, resolution=RESOLUTION, seed=0, progress=False)
+    arch = trained_arch(ss.Arch.parse(arch_text), data)
+    trainer = ProxyTrainer(Recipe(steps=steps, lr=LONG_LR, warmup_fraction=0.0, threads=threads))
+    result, model = trainer.fine_tune(arch, load_model(arch, weights), data, seed=seed)
+    return 0.0 if result.failed else float(trainer.score(model, data, "test")[0])
+
+
+class Jobs:
+    """Trainings on 2 processes x 1 thread, their results kept in `done.json` (atomic) so a rerun skips them."""
+
+    def __init__(self, path: Path, workers: int) -> None:
+        self.path = path
+        self.done: dict[str, float] = json.loads(path.read_text()) if path.is_file() else {}
+        self.pool = cf.ProcessPoolExecutor(workers, mp.get_context("spawn"), initializer=_init, initargs=(1,))
+
+    def run(self, jobs: dict[str, tuple[Any, ...]]) -> dict[str, float]:
+        todo = {k: v for k, v in jobs.items() if k not in self.done}
+        futures = {self.pool.submit(fn, *args): k for k, (fn, *args) in todo.items()}
+        for f in cf.as_completed(futures):
+            self.done[futures[f]] = f.result()
+            atomic_write(self.path, json.dumps(self.done, indent=1))
+            print(f"  {futures[f]}: test top-1 {100 * self.done[futures[f]]:.2f}%", flush=True)
+        return {k: self.done[k] for k in jobs}
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+
+# ---- latency ---------------------------------------------------------------------------------------------------
+def load_table() -> tuple[lat.LatencyTable, Path]:
+    big = ss.mobilenet_v3_small_space(resolution=LATENCY_RESOLUTION)
+    path = lat.default_table_path(big, LATENCY_RESOLUTION)
+    table = lat.LatencyTable.load(path) if path.is_file() else lat.build_table(big, LATENCY_RESOLUTION)[0]
+    return table, path
+
+
+def timed_ms(table: lat.LatencyTable, archs: list[ss.Arch], passes: int, rounds: int | None) -> np.ndarray:
+    """(passes, n) latencies in ms, deployed as the table predicts them, interleaved with its reference/anchors."""
+    deployed = [a.replace(resolution=table.resolution, num_classes=table.space.num_classes) for a in archs]
+    out = []
+    for p in range(passes):
+        if p:
+            time.sleep(20)
+        out.append(lat.measure_in_table_scale(table, deployed, rounds, seed=p).us / 1000)
+    return np.array(out)
+
+
+def alpha_at(model: lat.LatencyModel, target_ms: float, num_classes: int) -> float:
+    """Largest α (to 0.005) whose V3-Small is predicted at or below `target_ms`."""
+    lo, hi = 0.2, 1.0
     while hi - lo > 0.005:
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if ms(mid) <= target_ms else (lo, mid)
-    return lo, ss.mobilenet_v3_small(lo, 32, num_classes), ms(lo)
+        lo, hi = (mid, hi) if model.ms(ss.mobilenet_v3_small(mid, RESOLUTION, num_classes)) <= target_ms else (lo, mid)
+    return round(lo, 3)
 
 
-def interleaved_ms(archs: dict[str, ss.Arch], rounds: int) -> dict[str, dict[str, float]]:
-    """Each network timed with the table protocol (paired bursts next to V3-Small, median ratio over rounds),
-    all in one interleaved measurement, in the host state of that measurement."""
-    keys = list(archs)
-    first = archs[keys[0]]
-    timings = measure_whole([archs[k] for k in keys], default_reference(first), 1, rounds=rounds)
-    return {k: {"median_ms": t.us / 1e3, "ratio_to_reference": t.ratio, "round_ratio_spread": t.ratio_spread}
-            for k, t in zip(keys, timings, strict=True)}
+def uniform_alpha(table: lat.LatencyTable, model: lat.LatencyModel, netadapt: ss.Arch, rounds: int | None,
+                  num_classes: int) -> dict[str, Any]:
+    """α of uniform width scaling at NetAdapt's measured latency: predicted match, then 3 α around it timed
+    interleaved with NetAdapt's result, interpolated to its measured latency (clamped to the timed range)."""
+    a_pred = alpha_at(model, model.ms(netadapt), num_classes)
+    alphas = [round(a_pred - 0.05, 3), a_pred, round(a_pred + 0.05, 3)]
+    nets = [netadapt, *(ss.mobilenet_v3_small(a, RESOLUTION, num_classes) for a in alphas)]
+    ms = np.median(timed_ms(table, nets, 1, rounds), axis=0)
+    target, curve = float(ms[0]), ms[1:]
+    order = np.argsort(curve)
+    alpha = float(np.interp(target, curve[order], np.array(alphas)[order]))
+    return {"predicted_alpha": a_pred, "alphas_timed": alphas, "alphas_ms": curve.tolist(),
+            "netadapt_ms_at_choice": target, "alpha": round(alpha, 3)}
+
+
+# ---- NetAdapt ----------------------------------------------------------------------------------------------------
+def informativeness(run_dir: Path, holdout_n: int) -> dict[str, Any]:
+    """Per iteration: spread (max - min) of the non-failed proposals' held-out top-1 against the holdout's binomial
+    standard error at their mean; an iteration is informative when the spread exceeds 2 SE."""
+    import pandas as pd
+
+    props = pd.read_parquet(run_dir / "proposals.parquet")
+    rows = []
+    for i, g in props[~props["failed"]].groupby("iteration"):
+        p = float(g["top1"].mean())
+        se = float(np.sqrt(p * (1 - p) / holdout_n))
+        spread = float(g["top1"].max() - g["top1"].min())
+        rows.append({"iteration": int(i), "proposals": len(g), "spread": spread, "holdout_se": se,
+                     "cut_top1_mean": float(g["top1_before"].mean()), "tuned_top1_mean": p,
+                     "collapsed": int(g["collapsed"].sum())})
+    share = float(np.mean([r["spread"] > 2 * r["holdout_se"] for r in rows])) if rows else 0.0
+    return {"iterations": rows, "informative_share": share}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=None)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default="builtin:fashion")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--short-steps", type=int, default=10)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--table", default=None)
-    ap.add_argument("--run-dir", default=str(RESULTS / "netadapt_run"), help="NetAdapt's dir (resumable)")
+    ap.add_argument("--targets", type=float, nargs="+", default=list(TARGETS))
+    ap.add_argument("--short-steps", type=int, default=SHORT_STEPS)
+    ap.add_argument("--step-frac", type=float, default=STEP_FRAC)
+    ap.add_argument("--rounds", type=int, default=None, help="timing rounds (default: the protocol's)")
+    ap.add_argument("--search-run", type=Path, default=RUNS_DIR / "bench-fashion-search")
+    ap.add_argument("--dir", type=Path, default=RUNS_DIR / "bench-netadapt", help="NetAdapt dirs and done.json")
+    ap.add_argument("--quick", action="store_true", help="smoke run: tiny budgets, one target, 2 seeds")
+    ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    start_steps, long_steps = START_STEPS, LONG_STEPS
+    if args.quick:
+        start_steps, long_steps, args.short_steps, args.seeds, args.targets = 100, 30, 5, 2, [0.9]
+        args.step_frac, args.rounds, args.dir = 0.05, 6, args.dir.with_name(args.dir.name + "-quick")
     t0 = time.perf_counter()
-    table, _ = load_table(args.table, ss.mobilenet_v3_small_space())
-    data = load_data("builtin:digits", resolution=32, seed=0)
-    start_arch = ss.mobilenet_v3_small(1.0, 32, data.num_classes)
-    recipe = Recipe(epochs=START_EPOCHS, threads=2)
-    trained = ProxyTrainer(recipe, cache_dir=cache_dir()).evaluate(start_arch, data, seed=0, return_model=True)
-    start_ms = table.predict_ms(ss.mobilenet_v3_small(1.0, table.resolution, table.space.num_classes))
-    target = 0.8 * start_ms
-    print(f"start: V3-Small top-1 {100 * trained.top1:.2f}%, predicted {start_ms:.3f} ms, target {target:.3f} ms",
-          flush=True)
 
-    t_na = time.perf_counter()
-    start = Start(start_arch, state_bytes(trained.model), None, "builtin:digits", 32, 0, "cpu", "benchmark")
-    settings_kw = {"target_ms": target, "step_frac": 0.01, "short_steps": args.short_steps,
-                   "long_epochs": LONG_EPOCHS}
-    summary = run_netadapt(start, Path(args.table or _table_path()), Path(args.run_dir), settings_kw,
-                           args.workers, 1, "local", None, show_progress=False)
-    netadapt_s = time.perf_counter() - t_na
-    resumed = netadapt_s < summary["adapt_s"]  # the run dir was finished before: its own times count
-    netadapt_s = summary["adapt_s"] + summary["long_s"] if resumed else netadapt_s
-    final = ss.Arch.parse(summary["final_arch"])
-    pruned = (Path(args.run_dir) / "iterations" / f"{summary['iterations']:03d}")
-    pruned_weights = (pruned / "weights.pt").read_bytes()
-    settings = summary["settings"]
-    long_recipe = {"epochs": LONG_EPOCHS, "lr": settings["long_lr"], "warmup_fraction": 0.0,
-                   "batch_size": settings["batch_size"], "threads": 2}
-    after = [summary["top1_after"]]
-    for s in range(1, args.seeds):  # the long-term fine-tune with more seeds (seed 0 is NetAdapt's own)
-        request = FineTuneRequest(0, final.to_string(), pruned_weights, long_recipe, 10_000 + s, None, True)
-        out = run_job(FineTuneJob(request, "builtin:digits", 32, "cpu", 0))
-        after.append(out.top1)
+    from evaluators import ProxyTrainer, Recipe, holdout_split, load_data
+    from runs.netadapt_run import Start, run_netadapt
+    from searchers.netadapt import state_bytes
 
-    alpha, uniform, uniform_ms = uniform_width(table, target, data.num_classes)
-    scratch = Recipe(epochs=START_EPOCHS + LONG_EPOCHS, threads=2)
-    uniform_top1 = [ProxyTrainer(scratch, cache_dir=cache_dir()).evaluate(uniform, data, seed=s).top1
-                    for s in range(args.seeds)]
-    deployed = {"start": ss.mobilenet_v3_small(1.0, 224, 1000), "netadapt": final.replace(resolution=224,
-                                                                                            num_classes=1000),
-                "uniform": ss.mobilenet_v3_small(alpha, 224, 1000)}
-    measured = interleaved_ms(deployed, args.rounds)
-    m_start, m_final = measured["start"]["median_ms"], measured["netadapt"]["median_ms"]
-    result = {
-        "target_ms": target, "start_predicted_ms": start_ms, "final_predicted_ms": summary["final_predicted_ms"],
-        "predicted_below_target_pct": 100 * (1 - summary["final_predicted_ms"] / target),
-        "start_measured_ms": m_start, "final_measured_ms": m_final,
-        "measured_ratio": m_final / m_start, "measured_target_ms": 0.8 * m_start,
-        "measured_vs_target_pct": 100 * (m_final / (0.8 * m_start) - 1),
-        "top1_before": summary["top1_before"], "top1_after": summary["top1_after"],
-        "top1_after_seeds": after, "top1_after_mean": statistics.mean(after),
-        "uniform_width_alpha": alpha, "uniform_width_predicted_ms": uniform_ms,
-        "uniform_width_measured_ms": measured["uniform"]["median_ms"],
-        "uniform_width_top1": statistics.mean(uniform_top1), "uniform_width_top1_seeds": uniform_top1,
-        "iterations": summary["iterations"], "final_arch": summary["final_arch"],
-        "measured": measured, "netadapt_s": netadapt_s, "netadapt_resumed": resumed,
-        "wall_s": time.perf_counter() - t0 + (netadapt_s if resumed else 0.0),
-        "settings": settings,
-    }
-    path = write("netadapt", result, args.out)
-    print(f"NetAdapt {summary['iterations']} iterations in {netadapt_s:.0f} s: predicted {start_ms:.3f} -> "
-          f"{result['final_predicted_ms']:.3f} ms (target {target:.3f}, {result['predicted_below_target_pct']:.2f}% "
-          f"below)")
-    print(f"measured (interleaved, 224 px, 1 thread): {m_start:.3f} -> {m_final:.3f} ms = "
-          f"{100 * result['measured_ratio']:.1f}% of the start ({result['measured_vs_target_pct']:+.1f}% vs 80%)")
-    print(f"top-1: before {100 * result['top1_before']:.2f}%, after {100 * result['top1_after']:.2f}% "
-          f"(mean of {len(after)} long fine-tune seeds {100 * result['top1_after_mean']:.2f}%)")
-    print(f"uniform width α={alpha:.3f} ({uniform_ms:.3f} ms predicted, "
-          f"{measured['uniform']['median_ms']:.3f} ms measured): top-1 mean {100 * result['uniform_width_top1']:.2f}% "
-          f"over {len(uniform_top1)} seeds, trained {START_EPOCHS + LONG_EPOCHS:g} epochs from scratch")
-    print(f"wall {result['wall_s']:.0f} s -> {path}")
+    args.dir.mkdir(parents=True, exist_ok=True)
+    table, table_path = load_table()
+    data = load_data(args.data, resolution=RESOLUTION, seed=0)
+    held = holdout_split(data, HOLDOUT, seed=0)
+    model = lat.LatencyModel(table)
+    start_arch = ss.mobilenet_v3_small(1.0, RESOLUTION, data.num_classes)
+    trainer = ProxyTrainer(Recipe(steps=start_steps, threads=2), cache_dir=cache_dir())
+    trained = trainer.evaluate(start_arch, held, seed=0, return_model=True)
+    top1_start = float(trainer.score(trained.model, data, "test")[0])  # type: ignore[arg-type]
+    start_ms = model.ms(start_arch)
+    print(f"start: V3-Small {start_steps} steps on {len(held.y_train)} images: test top-1 {100 * top1_start:.2f}%, "
+          f"predicted {start_ms:.3f} ms", flush=True)
+    start = Start(start_arch, state_bytes(trained.model), None, args.data, RESOLUTION, 0, "cpu", "benchmark start")
+
+    jobs = Jobs(args.dir / "done.json", 2)
+    per_target: dict[str, dict[str, Any]] = {}
+    chain, chain_ms = start, start_ms
+    try:
+        for frac in sorted(args.targets, reverse=True):
+            key = f"{round(100 * frac)}pct"
+            run_dir = args.dir / key
+            t_na = time.perf_counter()
+            summary = run_netadapt(chain, table_path, run_dir,
+                                   {"target_ms": frac * start_ms, "step_frac": args.step_frac * start_ms / chain_ms,
+                                    "short_steps": args.short_steps, "holdout": HOLDOUT, "long_epochs": 0.0},
+                                   2, 1, "local", None, show_progress=False)
+            final = ss.Arch.parse(summary["final_arch"])
+            weights = (run_dir / "final" / "weights.pt").read_bytes()
+            chain_from = chain.origin
+            chain, chain_ms = Start(final, weights, None, args.data, RESOLUTION, 0, "cpu", f"{key} result"), \
+                summary["final_predicted_ms"]
+            print(f"{key}: NetAdapt {summary['iterations']} iterations, {summary['final_predicted_ms']:.3f} ms "
+                  f"predicted (target {frac * start_ms:.3f}) in {time.perf_counter() - t_na:.0f} s", flush=True)
+            choice = uniform_alpha(table, model, final, args.rounds, data.num_classes)
+            uniform = ss.mobilenet_v3_small(choice["alpha"], RESOLUTION, data.num_classes)
+            print(f"{key}: uniform α {choice['alpha']:.3f} (predicted match {choice['predicted_alpha']:.3f}; timed "
+                  f"{[round(m, 3) for m in choice['alphas_ms']]} ms vs NetAdapt {choice['netadapt_ms_at_choice']:.3f})",
+                  flush=True)
+            searched = best_searched(args.search_run, summary["final_predicted_ms"])
+            seeds = list(range(args.seeds))
+            todo: dict[str, tuple[Any, ...]] = {}
+            for s in seeds:
+                todo[f"{key}/netadapt/{s}"] = (finetuned_top1, final.to_string(), weights, args.data, long_steps, s, 1)
+                todo[f"{key}/uniform/{s}"] = (scratch_top1, uniform.to_string(), args.data, start_steps + long_steps,
+                                              s, 1)
+                if searched is not None:
+                    todo[f"{key}/searched/{s}"] = (scratch_top1, searched["arch"], args.data,
+                                                   start_steps + long_steps, s, 1)
+            top1 = jobs.run(todo)
+            per_target[key] = {"frac": frac, "summary": summary, "final": final, "uniform": uniform,
+                               "chained_from": chain_from,
+                               "choice": choice, "searched": searched, "top1": top1, "seeds": seeds,
+                               "netadapt_s": summary["adapt_s"],
+                               "informativeness": informativeness(run_dir, len(held.y_val))}
+    finally:
+        jobs.close()
+
+    print("timing every network (2 passes, interleaved)", flush=True)
+    names, nets = ["start"], [start_arch]
+    for key, t in per_target.items():
+        for what in ("netadapt", "uniform", "searched"):
+            arch = t["final"] if what == "netadapt" else t["uniform"] if what == "uniform" else (
+                ss.Arch.parse(t["searched"]["arch"]) if t["searched"] else None)
+            if arch is not None:
+                names.append(f"{key}/{what}")
+                nets.append(arch)
+    passes = timed_ms(table, nets, 2, args.rounds)
+    measured = dict(zip(names, np.median(passes, axis=0).tolist(), strict=True))
+    m_start = measured["start"]
+
+    def stats(key: str, what: str) -> tuple[list[float], float | None, float | None]:
+        vals = [t for k, t in per_target[key]["top1"].items() if k.split("/")[1] == what]
+        if not vals:
+            return [], None, None
+        return vals, float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else None
+
+    results = {}
+    for key, t in per_target.items():
+        s = t["summary"]
+        na, na_mean, na_std = stats(key, "netadapt")
+        un, un_mean, un_std = stats(key, "uniform")
+        se, se_mean, se_std = stats(key, "searched")
+        stds = [x for x in (na_std, un_std) if x is not None]
+        pooled = float(np.sqrt(np.mean(np.square(stds)))) if stds else None
+        target_ms = t["frac"] * start_ms
+        gain = None if na_mean is None or un_mean is None else na_mean - un_mean
+        results[key] = {
+            "target_ms": target_ms, "start_predicted_ms": start_ms, "final_predicted_ms": s["final_predicted_ms"],
+            "predicted_below_target_pct": 100 * (1 - s["final_predicted_ms"] / target_ms),
+            "start_measured_ms": m_start, "final_measured_ms": measured[f"{key}/netadapt"],
+            "measured_target_ms": t["frac"] * m_start,
+            "measured_vs_target_pct": 100 * (measured[f"{key}/netadapt"] / (t["frac"] * m_start) - 1),
+            "uniform_alpha": t["choice"]["alpha"], "uniform_choice": t["choice"],
+            "uniform_predicted_ms": model.ms(t["uniform"]), "uniform_measured_ms": measured[f"{key}/uniform"],
+            "top1_start": top1_start, "top1_netadapt": na_mean, "top1_netadapt_std": na_std,
+            "top1_netadapt_seeds": na, "top1_uniform": un_mean, "top1_uniform_std": un_std, "top1_uniform_seeds": un,
+            "pooled_std": pooled, "netadapt_minus_uniform_points": None if gain is None else 100 * gain,
+            "beats_uniform": bool(gain is not None and pooled is not None and gain >= pooled),
+            "drop_from_start_points": None if na_mean is None else 100 * (top1_start - na_mean),
+            "searched": None if t["searched"] is None else {
+                **t["searched"], "predicted_ms": model.ms(ss.Arch.parse(t["searched"]["arch"])),
+                "measured_ms": measured.get(f"{key}/searched"), "top1": se_mean, "top1_std": se_std, "top1_seeds": se},
+            "iterations": s["iterations"], "chained_from": t["chained_from"], "stopped": s["stopped"],
+            "final_arch": s["final_arch"],
+            "informativeness": t["informativeness"], "netadapt_s": t["netadapt_s"], "seeds": t["seeds"],
+            "settings": s["settings"],
+        }
+    doc = {"data": args.data, "quick": args.quick, "start_steps": start_steps, "long_steps": long_steps,
+           "holdout": HOLDOUT, "holdout_images": len(held.y_val), "top1_start": top1_start,
+           "start_predicted_ms": start_ms, "start_measured_ms": m_start, "measured_passes_ms": passes.tolist(),
+           "measured_names": names, "targets": results, "wall_s": time.perf_counter() - t0}
+    path = write("netadapt_quick" if args.quick else "netadapt", doc, args.out)
+    for key, r in results.items():
+        print(f"{key}: NetAdapt {r['iterations']} iterations, predicted {r['final_predicted_ms']:.3f} ms "
+              f"({r['predicted_below_target_pct']:.2f}% below target), measured {r['final_measured_ms']:.3f} ms "
+              f"({r['measured_vs_target_pct']:+.1f}% vs target); informative iterations "
+              f"{100 * r['informativeness']['informative_share']:.0f}%")
+        print(f"  top-1: start {100 * top1_start:.2f}%, NetAdapt {_pct(r['top1_netadapt'], r['top1_netadapt_std'])}, "
+              f"uniform α {r['uniform_alpha']:.3f} {_pct(r['top1_uniform'], r['top1_uniform_std'])} at "
+              f"{r['uniform_measured_ms']:.3f} ms measured; NetAdapt - uniform "
+              f"{_num(r['netadapt_minus_uniform_points'])} points (pooled std {_num(_x100(r['pooled_std']))})")
+        if r["searched"]:
+            print(f"  searched trial {r['searched']['trial']}: {_pct(r['searched']['top1'], r['searched']['top1_std'])}"
+                  f" at {_num(r['searched']['measured_ms'])} ms measured")
+    print(f"wall {doc['wall_s']:.0f} s -> {path}")
 
 
-def _table_path() -> str:
-    from latency import default_table_path
+def best_searched(run: Path, max_ms: float) -> dict[str, Any] | None:
+    """The search run's best completed non-reference trial predicted at or below `max_ms` (None: no such run)."""
+    import pandas as pd
 
-    return str(default_table_path(ss.mobilenet_v3_small_space(), 224, 1))
+    path = run / "trials.parquet"
+    if not path.is_file():
+        print(f"no search run at {run}: the searched column is left out", flush=True)
+        return None
+    d = pd.read_parquet(path)
+    d = d[(d["state"] == "COMPLETE") & (~d["reference"]) & (d["latency_ms"] <= max_ms)]
+    if d.empty:
+        return None
+    r = d.sort_values(["accuracy", "latency_ms"], ascending=[False, True]).iloc[0]
+    return {"run": str(run), "trial": int(r["trial"]), "arch": str(r["arch"]), "proxy_top1": float(r["accuracy"])}
+
+
+def _x100(x: float | None) -> float | None:
+    return None if x is None else 100 * x
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def _pct(mean: float | None, std: float | None) -> str:
+    return "n/a" if mean is None else f"{100 * mean:.2f}% ± {100 * (std or 0):.2f}"
 
 
 if __name__ == "__main__":

@@ -464,8 +464,8 @@ class NetAdapt:
         cur_ms = float(current.metrics["latency_ms"])
         delta = s.delta_ms(i, start_ms, cur_ms)
         proposals = propose(current.arch, self.latency, delta, cur_ms, s.max_cut)
-        if not proposals:  # quantization: no single width meets δ; take the biggest cut each slot can make
-            proposals = [p for p in (self._biggest_cut(current.arch, kind, blocks, width, cur_ms)
+        if not proposals:  # no single width meets δ within max_cut: the biggest cut each slot may make
+            proposals = [p for p in (self._biggest_cut(current.arch, kind, blocks, width, cur_ms, s.max_cut)
                                      for kind, blocks, width in slots(current.arch)) if p is not None]
         if not proposals:
             raise NetAdaptError(f"no width can shrink any further at {cur_ms:.3f} ms (target {s.target_ms:.3f} ms)")
@@ -514,8 +514,11 @@ class NetAdapt:
         return it
 
     def _biggest_cut(self, arch: Arch, kind: str, blocks: tuple[int, ...], width: int,
-                     cur_ms: float) -> Proposal | None:
+                     cur_ms: float, max_cut: float) -> Proposal | None:
+        """The slot's narrowest width within `max_cut` of `width` that surgery accepts and that is faster."""
         for keep in reversed(_keeps(width)):
+            if keep < (1.0 - max_cut) * width - 1e-9:
+                continue
             move = Move(kind, blocks, width, keep)
             try:
                 new = move.arch(arch)

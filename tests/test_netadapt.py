@@ -203,6 +203,20 @@ def test_no_proposal_cuts_more_than_max_cut_of_a_slot(net):
     assert {(p.move.kind, p.move.blocks) for p in capped} <= {(p.move.kind, p.move.blocks) for p in free}
 
 
+def test_when_no_capped_cut_meets_delta_the_fallback_still_respects_max_cut(net, tmp_path):
+    """δ no slot can meet within max_cut: the iteration's proposals are each slot's biggest *allowed* cut
+    (a fallback that ignored the cap cut a 576-wide expansion to 8 in one step on fashion)."""
+    current = net["table"].predict_ms(SEED_ARCH)
+    settings = NetAdaptSettings(target_ms=0.6 * current, step_frac=0.35, max_cut=0.5, short_steps=0,
+                                long_epochs=0.0, threads=1, collapse_floor=0.0, max_iterations=1)
+    na = NetAdapt(tmp_path / "na", settings, net["table"].predict_ms, inline_evaluate(settings))
+    with pytest.raises(NetAdaptError, match="max_iterations 1 reached"):
+        na.run(SEED_ARCH, state_bytes(net["model"]))
+    props = pd.DataFrame(na.load_iteration(1).metrics["proposals"])
+    assert len(props) and (props["keep"] >= 0.5 * props["width"]).all(), props[["move", "width", "keep"]]
+    assert (props["latency_ms"] > current - 0.35 * current).all()  # none met δ: these are the fallback's
+
+
 def test_netadapt_stops_at_the_last_good_network_when_every_proposal_collapses(net, tmp_path):
     """A floor no proposal can meet: the result is the last good iteration, and it says the target was missed."""
     target = 0.5 * net["table"].predict_ms(SEED_ARCH)
