@@ -14,12 +14,13 @@ every layer alike; MobileNetV3 ran NetAdapt after its search. This benchmark ask
    paid once. No long-term fine-tune inside NetAdapt: it is done here, LONG_STEPS steps on the whole training
    split with `--seeds` seeds, scored on the test split.
 3. Uniform width scaling at equal *measured* latency: the α whose predicted latency matches NetAdapt's result,
-   then three α around it timed interleaved with NetAdapt's result (onnxruntime, the table's protocol and
-   anchors), and the α whose measured latency interpolates to NetAdapt's measured one. Trained from scratch for
+   then five α around it timed interleaved with NetAdapt's result in 3 passes (onnxruntime, the table's protocol
+   and anchors), and the α where a line through their measured ratios to NetAdapt's result crosses 1 (see
+   `uniform_alpha`). Trained from scratch for
    START_STEPS + LONG_STEPS steps (the steps NetAdapt's result saw, short-term fine-tunes aside), `--seeds` seeds.
 4. The search's answer at that latency: the best proxy-scored trial of `--search-run` (benchmarks/fashion_search.py's
    run) whose predicted latency is at most NetAdapt's result's, trained from scratch like the uniform baseline.
-5. Everything timed once more, interleaved, in two passes 20 s apart; top-1 on fashion's 10,000 test images.
+5. Everything timed once more, interleaved, in three passes 20 s apart; top-1 on fashion's 10,000 test images.
 
 How the schedule was chosen: δ = 2% of the start (MobileNetV3 used 1%) reaches 80% in about 10 iterations and
 60% in 10 more, and 40-step short-term fine-tunes with 2,400 held-out images keep the whole benchmark near 45
@@ -140,18 +141,21 @@ def alpha_at(model: lat.LatencyModel, target_ms: float, num_classes: int) -> flo
 
 
 def uniform_alpha(table: lat.LatencyTable, model: lat.LatencyModel, netadapt: ss.Arch, rounds: int | None,
-                  num_classes: int) -> dict[str, Any]:
-    """α of uniform width scaling at NetAdapt's measured latency: predicted match, then 3 α around it timed
-    interleaved with NetAdapt's result, interpolated to its measured latency (clamped to the timed range)."""
+                  num_classes: int, passes: int = 3) -> dict[str, Any]:
+    """α of uniform width scaling at NetAdapt's measured latency: the predicted match, then 5 α around it timed
+    interleaved with NetAdapt's result in `passes` passes, each α's latency as a ratio to NetAdapt's in the same
+    pass (median over passes), and the α where a least-squares line through those ratios crosses 1 (clamped to
+    the timed range). One pass was not enough: in the first run, a single pass read NetAdapt's 80% result 5%
+    slower and α 0.75 11% faster than the final timing did, and picked a uniform net 20% slower."""
     a_pred = alpha_at(model, model.ms(netadapt), num_classes)
-    alphas = [round(a_pred - 0.05, 3), a_pred, round(a_pred + 0.05, 3)]
+    alphas = [round(a_pred + d, 3) for d in (-0.08, -0.04, 0.0, 0.04, 0.08)]
     nets = [netadapt, *(ss.mobilenet_v3_small(a, RESOLUTION, num_classes) for a in alphas)]
-    ms = np.median(timed_ms(table, nets, 1, rounds), axis=0)
-    target, curve = float(ms[0]), ms[1:]
-    order = np.argsort(curve)
-    alpha = float(np.interp(target, curve[order], np.array(alphas)[order]))
-    return {"predicted_alpha": a_pred, "alphas_timed": alphas, "alphas_ms": curve.tolist(),
-            "netadapt_ms_at_choice": target, "alpha": round(alpha, 3)}
+    ms = timed_ms(table, nets, passes, rounds)
+    ratios = np.median(ms[:, 1:] / ms[:, :1], axis=0)
+    slope, icpt = np.polyfit(np.array(alphas), ratios, 1)
+    alpha = float(np.clip((1.0 - icpt) / slope, alphas[0], alphas[-1])) if slope > 0 else a_pred
+    return {"predicted_alpha": a_pred, "alphas_timed": alphas, "alphas_ratio_to_netadapt": ratios.tolist(),
+            "passes_ms": ms.tolist(), "netadapt_ms_at_choice": float(np.median(ms[:, 0])), "alpha": round(alpha, 3)}
 
 
 # ---- NetAdapt ----------------------------------------------------------------------------------------------------
@@ -231,16 +235,16 @@ def main() -> None:
                   f"predicted (target {frac * start_ms:.3f}) in {time.perf_counter() - t_na:.0f} s", flush=True)
             choice = uniform_alpha(table, model, final, args.rounds, data.num_classes)
             uniform = ss.mobilenet_v3_small(choice["alpha"], RESOLUTION, data.num_classes)
-            print(f"{key}: uniform α {choice['alpha']:.3f} (predicted match {choice['predicted_alpha']:.3f}; timed "
-                  f"{[round(m, 3) for m in choice['alphas_ms']]} ms vs NetAdapt {choice['netadapt_ms_at_choice']:.3f})",
-                  flush=True)
+            print(f"{key}: uniform α {choice['alpha']:.3f} (predicted match {choice['predicted_alpha']:.3f}; α "
+                  f"{choice['alphas_timed']} measured at {[round(r, 3) for r in choice['alphas_ratio_to_netadapt']]}x "
+                  f"NetAdapt's {choice['netadapt_ms_at_choice']:.3f} ms)", flush=True)
             searched = best_searched(args.search_run, summary["final_predicted_ms"])
             seeds = list(range(args.seeds))
             todo: dict[str, tuple[Any, ...]] = {}
             for s in seeds:
                 todo[f"{key}/netadapt/{s}"] = (finetuned_top1, final.to_string(), weights, args.data, long_steps, s, 1)
-                todo[f"{key}/uniform/{s}"] = (scratch_top1, uniform.to_string(), args.data, start_steps + long_steps,
-                                              s, 1)
+                todo[f"{key}/uniform-a{choice['alpha']:.3f}/{s}"] = (scratch_top1, uniform.to_string(), args.data,
+                                                                     start_steps + long_steps, s, 1)
                 if searched is not None:
                     todo[f"{key}/searched/{s}"] = (scratch_top1, searched["arch"], args.data,
                                                    start_steps + long_steps, s, 1)
@@ -253,7 +257,7 @@ def main() -> None:
     finally:
         jobs.close()
 
-    print("timing every network (2 passes, interleaved)", flush=True)
+    print("timing every network (3 passes, interleaved)", flush=True)
     names, nets = ["start"], [start_arch]
     for key, t in per_target.items():
         for what in ("netadapt", "uniform", "searched"):
@@ -262,12 +266,12 @@ def main() -> None:
             if arch is not None:
                 names.append(f"{key}/{what}")
                 nets.append(arch)
-    passes = timed_ms(table, nets, 2, args.rounds)
+    passes = timed_ms(table, nets, 3, args.rounds)
     measured = dict(zip(names, np.median(passes, axis=0).tolist(), strict=True))
     m_start = measured["start"]
 
     def stats(key: str, what: str) -> tuple[list[float], float | None, float | None]:
-        vals = [t for k, t in per_target[key]["top1"].items() if k.split("/")[1] == what]
+        vals = [t for k, t in per_target[key]["top1"].items() if k.split("/")[1].split("-")[0] == what]
         if not vals:
             return [], None, None
         return vals, float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else None
