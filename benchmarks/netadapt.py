@@ -14,9 +14,9 @@ every layer alike; MobileNetV3 ran NetAdapt after its search. This benchmark ask
    paid once. No long-term fine-tune inside NetAdapt: it is done here, LONG_STEPS steps on the whole training
    split with `--seeds` seeds, scored on the test split.
 3. Uniform width scaling at equal *measured* latency: the α whose predicted latency matches NetAdapt's result,
-   then five α around it timed interleaved with NetAdapt's result in 3 passes (onnxruntime, the table's protocol
-   and anchors), and the α where a line through their measured ratios to NetAdapt's result crosses 1 (see
-   `uniform_alpha`). Trained from scratch for
+   then the α around it (steps of 0.02, distinct widths) timed interleaved with NetAdapt's result in 3 passes
+   (onnxruntime, the table's protocol and anchors), and the one whose measured ratio to NetAdapt's result is
+   closest to 1 (see `uniform_alpha`). Trained from scratch for
    START_STEPS + LONG_STEPS steps (the steps NetAdapt's result saw, short-term fine-tunes aside), `--seeds` seeds.
 4. The search's answer at that latency: the best proxy-scored trial of `--search-run` (benchmarks/fashion_search.py's
    run) whose predicted latency is at most NetAdapt's result's, trained from scratch like the uniform baseline.
@@ -142,20 +142,25 @@ def alpha_at(model: lat.LatencyModel, target_ms: float, num_classes: int) -> flo
 
 def uniform_alpha(table: lat.LatencyTable, model: lat.LatencyModel, netadapt: ss.Arch, rounds: int | None,
                   num_classes: int, passes: int = 3) -> dict[str, Any]:
-    """α of uniform width scaling at NetAdapt's measured latency: the predicted match, then 5 α around it timed
-    interleaved with NetAdapt's result in `passes` passes, each α's latency as a ratio to NetAdapt's in the same
-    pass (median over passes), and the α where a least-squares line through those ratios crosses 1 (clamped to
-    the timed range). One pass was not enough: in the first run, a single pass read NetAdapt's 80% result 5%
-    slower and α 0.75 11% faster than the final timing did, and picked a uniform net 20% slower."""
+    """α of uniform width scaling at NetAdapt's measured latency: around the predicted match, every α in steps of
+    0.02 (±0.08) that gives distinct widths, timed interleaved with NetAdapt's result in `passes` passes, each as
+    its ratio to NetAdapt's in the same pass (median over passes); the α whose ratio is closest to 1.
+
+    V3-Small's widths move in steps of 8 channels, so latency is a staircase in α: a line through the ratios
+    (run 2) picked α 0.733, which ran 4.5% faster than NetAdapt's result, and one pass instead of three (run 1)
+    read NetAdapt's result 5% slow and picked a uniform net 20% slower."""
     a_pred = alpha_at(model, model.ms(netadapt), num_classes)
-    alphas = [round(a_pred + d, 3) for d in (-0.08, -0.04, 0.0, 0.04, 0.08)]
-    nets = [netadapt, *(ss.mobilenet_v3_small(a, RESOLUTION, num_classes) for a in alphas)]
-    ms = timed_ms(table, nets, passes, rounds)
+    by_arch: dict[str, tuple[float, ss.Arch]] = {}
+    for d in np.arange(-0.08, 0.0801, 0.02):
+        a = round(a_pred + float(d), 3)
+        arch = ss.mobilenet_v3_small(a, RESOLUTION, num_classes)
+        by_arch.setdefault(arch.arch_id, (a, arch))
+    alphas = [a for a, _ in by_arch.values()]
+    ms = timed_ms(table, [netadapt, *(arch for _, arch in by_arch.values())], passes, rounds)
     ratios = np.median(ms[:, 1:] / ms[:, :1], axis=0)
-    slope, icpt = np.polyfit(np.array(alphas), ratios, 1)
-    alpha = float(np.clip((1.0 - icpt) / slope, alphas[0], alphas[-1])) if slope > 0 else a_pred
+    best = int(np.argmin(np.abs(ratios - 1.0)))
     return {"predicted_alpha": a_pred, "alphas_timed": alphas, "alphas_ratio_to_netadapt": ratios.tolist(),
-            "passes_ms": ms.tolist(), "netadapt_ms_at_choice": float(np.median(ms[:, 0])), "alpha": round(alpha, 3)}
+            "passes_ms": ms.tolist(), "netadapt_ms_at_choice": float(np.median(ms[:, 0])), "alpha": alphas[best]}
 
 
 # ---- NetAdapt ----------------------------------------------------------------------------------------------------
