@@ -159,8 +159,13 @@ def uniform_alpha(table: lat.LatencyTable, model: lat.LatencyModel, netadapt: ss
     ms = timed_ms(table, [netadapt, *(arch for _, arch in by_arch.values())], passes, rounds)
     ratios = np.median(ms[:, 1:] / ms[:, :1], axis=0)
     best = int(np.argmin(np.abs(ratios - 1.0)))
+    # the nearest width on the other side of NetAdapt's latency: with both trained, top-1 interpolates to ratio 1
+    other = [i for i in range(len(alphas)) if (ratios[i] - 1.0) * (ratios[best] - 1.0) < 0]
+    bracket = min(other, key=lambda i: abs(ratios[i] - 1.0)) if other else None
     return {"predicted_alpha": a_pred, "alphas_timed": alphas, "alphas_ratio_to_netadapt": ratios.tolist(),
-            "passes_ms": ms.tolist(), "netadapt_ms_at_choice": float(np.median(ms[:, 0])), "alpha": alphas[best]}
+            "passes_ms": ms.tolist(), "netadapt_ms_at_choice": float(np.median(ms[:, 0])), "alpha": alphas[best],
+            "ratio": float(ratios[best]), "bracket_alpha": None if bracket is None else alphas[bracket],
+            "bracket_ratio": None if bracket is None else float(ratios[bracket])}
 
 
 # ---- NetAdapt ----------------------------------------------------------------------------------------------------
@@ -250,6 +255,10 @@ def main() -> None:
                 todo[f"{key}/netadapt/{s}"] = (finetuned_top1, final.to_string(), weights, args.data, long_steps, s, 1)
                 todo[f"{key}/uniform-a{choice['alpha']:.3f}/{s}"] = (scratch_top1, uniform.to_string(), args.data,
                                                                      start_steps + long_steps, s, 1)
+                if choice["bracket_alpha"] is not None:
+                    other = ss.mobilenet_v3_small(choice["bracket_alpha"], RESOLUTION, data.num_classes)
+                    todo[f"{key}/bracket-a{choice['bracket_alpha']:.3f}/{s}"] = (
+                        scratch_top1, other.to_string(), args.data, start_steps + long_steps, s, 1)
                 if searched is not None:
                     todo[f"{key}/searched/{s}"] = (scratch_top1, searched["arch"], args.data,
                                                    start_steps + long_steps, s, 1)
@@ -287,6 +296,12 @@ def main() -> None:
         na, na_mean, na_std = stats(key, "netadapt")
         un, un_mean, un_std = stats(key, "uniform")
         se, se_mean, se_std = stats(key, "searched")
+        br, br_mean, _ = stats(key, "bracket")
+        c = t["choice"]
+        interp = None  # uniform scaling's top-1 at exactly NetAdapt's measured latency, between the two widths
+        if br_mean is not None and un_mean is not None:
+            w = (1.0 - c["ratio"]) / (c["bracket_ratio"] - c["ratio"])
+            interp = float(un_mean + w * (br_mean - un_mean))
         stds = [x for x in (na_std, un_std) if x is not None]
         pooled = float(np.sqrt(np.mean(np.square(stds)))) if stds else None
         target_ms = t["frac"] * start_ms
@@ -301,6 +316,10 @@ def main() -> None:
             "uniform_predicted_ms": model.ms(t["uniform"]), "uniform_measured_ms": measured[f"{key}/uniform"],
             "top1_start": top1_start, "top1_netadapt": na_mean, "top1_netadapt_std": na_std,
             "top1_netadapt_seeds": na, "top1_uniform": un_mean, "top1_uniform_std": un_std, "top1_uniform_seeds": un,
+            "top1_uniform_bracket": br_mean, "top1_uniform_bracket_seeds": br,
+            "top1_uniform_at_equal_latency": interp,
+            "netadapt_minus_uniform_at_equal_latency_points": None if interp is None or na_mean is None
+            else 100 * (na_mean - interp),
             "pooled_std": pooled, "netadapt_minus_uniform_points": None if gain is None else 100 * gain,
             "beats_uniform": bool(gain is not None and pooled is not None and gain >= pooled),
             "drop_from_start_points": None if na_mean is None else 100 * (top1_start - na_mean),
@@ -325,7 +344,9 @@ def main() -> None:
         print(f"  top-1: start {100 * top1_start:.2f}%, NetAdapt {_pct(r['top1_netadapt'], r['top1_netadapt_std'])}, "
               f"uniform α {r['uniform_alpha']:.3f} {_pct(r['top1_uniform'], r['top1_uniform_std'])} at "
               f"{r['uniform_measured_ms']:.3f} ms measured; NetAdapt - uniform "
-              f"{_num(r['netadapt_minus_uniform_points'])} points (pooled std {_num(_x100(r['pooled_std']))})")
+              f"{_num(r['netadapt_minus_uniform_points'])} points (pooled std {_num(_x100(r['pooled_std']))}); "
+              f"interpolated to equal measured latency: uniform {_num(_x100(r['top1_uniform_at_equal_latency']))}%, "
+              f"NetAdapt - uniform {_num(r['netadapt_minus_uniform_at_equal_latency_points'])} points")
         if r["searched"]:
             print(f"  searched trial {r['searched']['trial']}: {_pct(r['searched']['top1'], r['searched']['top1_std'])}"
                   f" at {_num(r['searched']['measured_ms'])} ms measured")
