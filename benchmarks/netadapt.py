@@ -46,6 +46,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write
+from fashion_search import timed_ms as fashion_timed_ms
 
 import latency as lat
 import search_space as ss
@@ -121,14 +122,9 @@ def load_table() -> tuple[lat.LatencyTable, Path]:
 
 
 def timed_ms(table: lat.LatencyTable, archs: list[ss.Arch], passes: int, rounds: int | None) -> np.ndarray:
-    """(passes, n) latencies in ms, deployed as the table predicts them, interleaved with its reference/anchors."""
-    deployed = [a.replace(resolution=table.resolution, num_classes=table.space.num_classes) for a in archs]
-    out = []
-    for p in range(passes):
-        if p:
-            time.sleep(20)
-        out.append(lat.measure_in_table_scale(table, deployed, rounds, seed=p).us / 1000)
-    return np.array(out)
+    """(passes, n) latencies in ms: `fashion_search.timed_ms` (deployed as the table predicts them, interleaved
+    with its reference and anchors, passes 20 s apart) as an array."""
+    return np.array(fashion_timed_ms(table, archs, passes, rounds)).T
 
 
 def alpha_at(model: lat.LatencyModel, target_ms: float, num_classes: int) -> float:

@@ -95,10 +95,12 @@ def slots(arch: Arch) -> list[tuple[str, tuple[int, ...], int]]:
     return out
 
 
-def _keeps(width: int) -> range:
-    """Widths below `width` that surgery accepts, largest first (multiples of 8, >= 8)."""
+def _keeps(width: int, max_cut: float = 1.0) -> range:
+    """Widths below `width` that surgery accepts, largest first (multiples of 8, >= 8), cutting at most `max_cut`
+    of `width` (the one place the per-step cap is applied)."""
     top = width - 1 if width % 8 == 0 else width
-    return range(top // 8 * 8, 7, -8)
+    floor = max(8, -(-math.ceil((1.0 - max_cut) * width - 1e-9) // 8) * 8)  # smallest multiple of 8 within the cap
+    return range(top // 8 * 8, floor - 1, -8)
 
 
 @dataclass(frozen=True)
@@ -119,9 +121,7 @@ def propose(arch: Arch, latency: Callable[[Arch], float], delta_ms: float,
     current = latency(arch) if current_ms is None else current_ms
     out: list[Proposal] = []
     for kind, blocks, width in slots(arch):
-        for keep in _keeps(width):
-            if keep < (1.0 - max_cut) * width - 1e-9:
-                break
+        for keep in _keeps(width, max_cut):
             move = Move(kind, blocks, width, keep)
             try:
                 new = move.arch(arch)
@@ -364,7 +364,7 @@ class NetAdapt:
 
     def _save_iteration(self, it: Iteration) -> None:
         atomic_dir(self._iter_dir(it.index), {"spec.json": it.arch.to_json().encode(), "weights.pt": it.weights,
-                                                "metrics.json": _json(it.metrics)})
+                                               "metrics.json": _json(it.metrics)})
 
     # ---- state file: what was asked; a resume must ask the same ----
     def _state(self, start: Arch, weights: bytes) -> dict[str, Any]:
@@ -482,8 +482,7 @@ class NetAdapt:
             o = outcomes[k]
             rows.append({"iteration": i, "proposal": k, "move": p.move.label, **p.move.to_dict(),
                          "latency_ms": p.latency_ms, "top1_before": o.top1_before, "top1": o.top1, "loss": o.loss,
-                         "failed": o.failed,
-                         "reason": o.reason, "seconds": o.seconds})
+                         "failed": o.failed, "reason": o.reason, "seconds": o.seconds})
         for r, bad in zip(rows, collapsed(rows, start_top1, s.collapse_gap, s.collapse_floor), strict=True):
             r["collapsed"] = bad and not r["failed"]
         landing = None
@@ -516,9 +515,7 @@ class NetAdapt:
     def _biggest_cut(self, arch: Arch, kind: str, blocks: tuple[int, ...], width: int,
                      cur_ms: float, max_cut: float) -> Proposal | None:
         """The slot's narrowest width within `max_cut` of `width` that surgery accepts and that is faster."""
-        for keep in reversed(_keeps(width)):
-            if keep < (1.0 - max_cut) * width - 1e-9:
-                continue
+        for keep in reversed(_keeps(width, max_cut)):
             move = Move(kind, blocks, width, keep)
             try:
                 new = move.arch(arch)
@@ -550,7 +547,7 @@ class NetAdapt:
             "reached_target": last.metrics["latency_ms"] <= s.target_ms, "stopped": stopped,
         }
         atomic_dir(self.final_dir, {"spec.json": last.arch.to_json().encode(),
-                                     "arch.txt": (last.arch.to_string() + "\n").encode(), "weights.pt": out.weights})
+                                    "arch.txt": (last.arch.to_string() + "\n").encode(), "weights.pt": out.weights})
         atomic_write(self.out / "result.json", _json(summary))
         self.on_event("finished", summary)
         return summary
