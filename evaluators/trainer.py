@@ -94,6 +94,14 @@ class Recipe:
     def warmup_steps(self, total: int) -> int:
         return round(self.warmup_fraction * total)
 
+    def lr_at(self, step: int, total_steps: int) -> float:
+        """The learning rate of step `step` (0-based) of a `total_steps` run: linear warm-up, then cosine to 0."""
+        warmup = self.warmup_steps(total_steps)
+        if step < warmup:
+            return self.lr * (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * self.lr * (1 + math.cos(math.pi * progress))
+
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> Recipe:
         """A recipe from its dict, also from the epoch-based format before step budgets (`warmup_epochs`, no
@@ -199,7 +207,24 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _augment(x: torch.Tensor, recipe: Recipe, gen: torch.Generator) -> torch.Tensor:
+def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    """The recipe's optimizer over `model` (no weight decay on depthwise convs, BN or biases)."""
+    groups = _param_groups(model, recipe.weight_decay)
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=True)
+    # MnasNet's RMSprop (decay 0.9, momentum 0.9, eps 1e-3 in TF terms)
+    return torch.optim.RMSprop(groups, lr=recipe.lr, alpha=0.9, momentum=recipe.momentum, eps=1e-3)
+
+
+def to_batch(x: np.ndarray, data: Any, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 NHWC images (a slice of a split) as the normalized float NCHW batch the models take, on `device`."""
+    mean = torch.tensor(data.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(data.std, dtype=torch.float32).view(1, 3, 1, 1)
+    t = torch.from_numpy(np.array(x, dtype=np.uint8)).permute(0, 3, 1, 2).float().div_(255.0)  # copy: read-only
+    return ((t - mean) / std).to(device)
+
+
+def augment(x: torch.Tensor, recipe: Recipe, gen: torch.Generator) -> torch.Tensor:
     """Batch-wise random-resized-crop and horizontal flip, seeded."""
     if recipe.augment_crop:
         h, w = x.shape[2], x.shape[3]
@@ -293,10 +318,7 @@ class ProxyTrainer:
         """uint8 NHWC images (a slice of a split, or a whole small one) as the normalized float NCHW batch the
         models take, on this trainer's device. Splits are converted batch by batch, never whole: a 100k-image
         folder stays on disk (memory-mapped) and peak memory does not grow with the dataset."""
-        mean = torch.tensor(data.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(data.std, dtype=torch.float32).view(1, 3, 1, 1)
-        t = torch.from_numpy(np.array(x, dtype=np.uint8)).permute(0, 3, 1, 2).float().div_(255.0)  # copy: read-only
-        return ((t - mean) / std).to(self.device)
+        return to_batch(x, data, self.device)
 
     def score(self, model: nn.Module, data: Any, split: str = "val") -> tuple[float, float]:
         """(top-1, mean cross-entropy) of `model` on a split of `data` ("val" or "test"), streamed in batches."""
@@ -330,19 +352,7 @@ class ProxyTrainer:
         n = len(y_train)
         steps_per_epoch = max(1, math.ceil(n / r.batch_size))
         total_steps = r.total_steps(n)
-        warmup = r.warmup_steps(total_steps)
-        groups = _param_groups(model, r.weight_decay)
-        if r.optimizer == "sgd":
-            opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=r.lr, momentum=r.momentum, nesterov=True)
-        else:  # MnasNet's RMSprop (decay 0.9, momentum 0.9, eps 1e-3 in TF terms)
-            opt = torch.optim.RMSprop(groups, lr=r.lr, alpha=0.9, momentum=r.momentum, eps=1e-3)
-
-        def lr_at(step: int) -> float:
-            if step < warmup:
-                return r.lr * (step + 1) / warmup
-            progress = (step - warmup) / max(1, total_steps - warmup)
-            return 0.5 * r.lr * (1 + math.cos(math.pi * progress))
-
+        opt = make_optimizer(model, r)
         criterion = nn.CrossEntropyLoss(label_smoothing=r.label_smoothing)
         gen = torch.Generator().manual_seed(seed)
         history: list[dict[str, float]] = []
@@ -362,10 +372,10 @@ class ProxyTrainer:
                     if step >= total_steps:
                         break
                     idx = np.sort(order[b * r.batch_size:(b + 1) * r.batch_size].numpy())  # sorted: memmap reads
-                    xb = _augment(self.images(data.x_train[idx], data), r, gen)
+                    xb = augment(self.images(data.x_train[idx], data), r, gen)
                     yb = torch.from_numpy(y_train[idx]).to(self.device)
                     for g in opt.param_groups:
-                        g["lr"] = lr_at(step)
+                        g["lr"] = r.lr_at(step, total_steps)
                     loss = criterion(model(xb), yb)
                     if not torch.isfinite(loss):
                         failed_reason = f"loss diverged ({loss.item()}) at step {step}"
