@@ -101,6 +101,17 @@ class SupernetRecipe:
         return cls(**doc)
 
 
+@dataclass(frozen=True)
+class DataParallel:
+    """This process's part of a data-parallel training (Ray Train workers): it trains on every `world`-th image
+    of each step's batch from `rank` on, `average_grads(params)` averages the gradients over the processes after
+    each step's backward passes (an all-reduce), and only rank 0 writes the checkpoint."""
+
+    rank: int
+    world: int
+    average_grads: Callable[[list[torch.nn.Parameter]], None]
+
+
 @dataclass
 class TrainState:
     """What `train_supernet` returns: the supernet and how far its training got."""
@@ -172,8 +183,8 @@ def _identity(space: ss.SearchSpace, recipe: SupernetRecipe, data: Any, seed: in
 
 def save_checkpoint(path: Path, identity: dict[str, Any], supernet: Supernet, opt: torch.optim.Optimizer | None,
                     step: int, total_steps: int, train_s: float, history: list[dict[str, float]],
-                    data_source: str) -> None:
-    doc = {"format": CHECKPOINT_FORMAT, "identity": identity, "data_source": data_source, "step": step,
+                    data_args: dict[str, Any]) -> None:
+    doc = {"format": CHECKPOINT_FORMAT, "identity": identity, "data_args": data_args, "step": step,
            "total_steps": total_steps, "train_s": train_s, "history": history,
            "model": supernet.state_dict(), "optimizer": opt.state_dict() if opt is not None else None}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -206,9 +217,31 @@ def load_supernet(path: str | Path, allow_partial: bool = False) -> tuple[Supern
     recipe = SupernetRecipe.from_dict(ident["recipe"])
     supernet = Supernet(space, kernel_transform=recipe.kernel_transform)
     supernet.load_state_dict(doc["model"], strict=True)
-    meta = {k: doc[k] for k in ("step", "total_steps", "train_s", "history", "data_source")}
+    meta = {k: doc[k] for k in ("step", "total_steps", "train_s", "history", "data_args")}
     meta.update(identity=ident, recipe=recipe, path=str(p))
     return supernet, meta
+
+
+def supernet_data(meta: dict[str, Any], progress: bool = False) -> Any:
+    """The data split a supernet was trained on (its validation images are the ones it never saw)."""
+    from evaluators.data import load_data
+
+    args = meta["data_args"]
+    data = load_data(args["spec"], resolution=args["resolution"], seed=args["seed"], progress=progress)
+    if data.fingerprint != meta["identity"]["data"]:
+        raise SupernetError(f"supernet {meta['path']}: its data {args['spec']!r} changed since it was trained "
+                            "(another fingerprint); its validation split may overlap its training images")
+    return data
+
+
+def check_same_split(meta: dict[str, Any], data: Any) -> None:
+    """Refuse to score on data other than the supernet's own split: its training images would leak into the
+    validation scores."""
+    if data.fingerprint != meta["identity"]["data"]:
+        args = meta["data_args"]
+        raise SupernetError(f"supernet {meta['path']} was trained on {args['spec']} at {args['resolution']} px with "
+                            f"split seed {args['seed']}; score it on that data split (got {data.source} at "
+                            f"{data.resolution} px, another split): other images would overlap its training set")
 
 
 def _explain_mismatch(stored: Any, wanted: Any, where: str = "") -> str:
@@ -225,13 +258,18 @@ def _explain_mismatch(stored: Any, wanted: Any, where: str = "") -> str:
 # ---- training -----------------------------------------------------------------------------------------------
 def train_supernet(space: ss.SearchSpace, data: Any, recipe: SupernetRecipe | None = None, *, seed: int = 0,
                    out_dir: str | Path | None = None, device: str = "cpu", progress: bool = False,
-                   stop_after: int | None = None,
+                   stop_after: int | None = None, data_seed: int | None = None,
+                   parallel: DataParallel | None = None,
                    on_step: Callable[[int, float], None] | None = None) -> TrainState:
     """Train (or resume) a supernet of `space` on `data`'s training split.
 
     With `out_dir`, an existing checkpoint there of the same space, data, seed and recipe is resumed; one of
     other settings is refused (SupernetError naming what differs). `stop_after` ends the call after that many
     steps of this call (the checkpoint is written): tests and time-boxed sessions; a later call continues.
+    `data_seed` is the seed `data` was split with (default `seed`): stored with `data.source` and its
+    resolution, so scoring can load the same split and use validation images the supernet never saw.
+    `parallel`: this process is one of several data-parallel workers (`DataParallel`); bit-for-bit resumes then
+    hold for the same number of workers (BatchNorm sees each worker's share of the batch).
     """
     recipe = recipe or SupernetRecipe()
     r = recipe.recipe
@@ -250,6 +288,9 @@ def train_supernet(space: ss.SearchSpace, data: Any, recipe: SupernetRecipe | No
     n = len(data.y_train)
     total_steps = r.total_steps(n)
     step, train_s, history = 0, 0.0, []
+    if path is not None:
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):  # a write a kill -9 cut short
+            stale.unlink(missing_ok=True)
     if path is not None and path.is_file():
         doc = read_checkpoint(path)
         if doc["identity"] != identity:
@@ -260,6 +301,7 @@ def train_supernet(space: ss.SearchSpace, data: Any, recipe: SupernetRecipe | No
         if doc["optimizer"] is not None:
             opt.load_state_dict(doc["optimizer"])
         step, train_s, history = int(doc["step"]), float(doc["train_s"]), list(doc["history"])
+    data_args = {"spec": data.source, "resolution": data.resolution, "seed": seed if data_seed is None else data_seed}
     y_train = np.asarray(data.y_train, dtype=np.int64)
     end = total_steps if stop_after is None else min(total_steps, step + stop_after)
     prev_threads = torch.get_num_threads()
@@ -268,10 +310,13 @@ def train_supernet(space: ss.SearchSpace, data: Any, recipe: SupernetRecipe | No
     base_s = train_s
     running, seen = 0.0, 0
 
+    writer = parallel is None or parallel.rank == 0
+    params = [p for p in supernet.parameters() if p.requires_grad]
+
     def checkpoint() -> None:
-        if path is not None:
+        if path is not None and writer:
             save_checkpoint(path, identity, supernet, opt, step, total_steps,
-                            base_s + time.perf_counter() - started, history, data.source)
+                            base_s + time.perf_counter() - started, history, data_args)
 
     bar = progress_bar(transient=True) if progress else None
     try:
@@ -282,6 +327,8 @@ def train_supernet(space: ss.SearchSpace, data: Any, recipe: SupernetRecipe | No
         while step < end:
             subnets = step_subnets(supernet, recipe, seed, step)
             idx = step_batch(n, r.batch_size, seed, step)
+            if parallel is not None:
+                idx = idx[parallel.rank::parallel.world]
             s = _step_seed(seed, step)
             gen = torch.Generator().manual_seed(s)
             torch.manual_seed(s)  # dropout
@@ -294,7 +341,9 @@ def train_supernet(space: ss.SearchSpace, data: Any, recipe: SupernetRecipe | No
                 loss = sandwich_loss(supernet, subnets, xb, yb, recipe)
             except FloatingPointError as exc:
                 raise SupernetError(f"supernet training diverged at step {step}: {exc}; lower the lr") from None
-            nn.utils.clip_grad_norm_(supernet.parameters(), recipe.grad_clip)
+            if parallel is not None:
+                parallel.average_grads(params)
+            nn.utils.clip_grad_norm_(params, recipe.grad_clip)
             opt.step()
             step += 1
             running, seen = running + loss, seen + 1
@@ -384,5 +433,6 @@ class SupernetScorer:
         return [self.score(a) for a in archs]
 
 
-__all__ = ["CHECKPOINT_NAME", "RULES", "SupernetError", "SupernetRecipe", "SupernetScorer", "TrainState",
-           "load_supernet", "recalibrate_bn", "sandwich_loss", "step_batch", "step_subnets", "train_supernet"]
+__all__ = ["CHECKPOINT_NAME", "RULES", "DataParallel", "SupernetError", "SupernetRecipe", "SupernetScorer",
+           "TrainState", "check_same_split", "load_supernet", "recalibrate_bn", "sandwich_loss", "step_batch",
+           "step_subnets", "supernet_data", "train_supernet"]

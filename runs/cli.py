@@ -23,6 +23,7 @@ from runs.netadapt_cli import netadapt_cmd
 from runs.report_cli import export_run, is_run_dir, report_cmd
 from runs.run_cli import run_cmd
 from runs.search_cli import search_cmd
+from runs.supernet_cli import supernet_group
 
 
 def _fail(exc: Exception) -> UserError:
@@ -42,6 +43,7 @@ cli.add_command(run_cmd)
 cli.add_command(report_cmd)
 cli.add_command(netadapt_cmd)
 cli.add_command(cache_group)
+cli.add_command(supernet_group)
 
 
 # ---- bneck space ------------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ class RunConfig(BaseModel):
     latency_resolution: int = Field(224, ge=32, le=2048, description="resolution the latency is predicted at")
     latency_threads: int = Field(1, ge=1, le=256)
     target_ms: float | None = Field(None, gt=0, description="reward target (default: the space's preset)")
-    reward: str = Field("mobilenet_v3", description="reward preset: mnasnet | mobilenet_v3 | hard")
+    reward: str = Field("mobilenet_v3", description="reward preset: mnasnet | mobilenet_v3 | hard | tunas")
     alpha: float | None = Field(None, le=0, description="reward exponent at or under the target")
     beta: float | None = Field(None, le=0, description="reward exponent over the target")
     mode: Literal["reward", "pareto"] = "reward"

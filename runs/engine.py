@@ -9,7 +9,6 @@ workers (processes here, Ray tasks on a cluster) only train, from plain arch str
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import time
@@ -66,16 +65,10 @@ class Setup:
 def search_space_of(config: RunConfig, num_classes: int | None, resolution: int) -> ss.SearchSpace:
     """The config's space (a registered name, or a `SearchSpace.to_dict()` JSON file) at a resolution and
     class count; `num_classes` None keeps the file's (named spaces: 1000, the deployed ImageNet head)."""
-    if config.space in ss.SPACES:
-        return ss.get_space(config.space, config.width_mult, 1000 if num_classes is None else num_classes, resolution)
     try:
-        doc = json.loads(Path(config.space).read_text())
-    except (OSError, ValueError) as exc:
-        raise RunError(f"space: cannot read {config.space} as JSON ({exc})") from None
-    if not isinstance(doc, dict):
-        raise RunError(f"space: {config.space} is not a search space definition")
-    classes = doc.get("num_classes") if num_classes is None else num_classes
-    return ss.SearchSpace.from_dict({**doc, "num_classes": classes, "resolution": resolution})
+        return ss.load_space(config.space, config.width_mult, num_classes, resolution)
+    except ss.SpecError as exc:
+        raise RunError(str(exc)) from None
 
 
 def table_space(config: RunConfig) -> ss.SearchSpace:
@@ -114,7 +107,7 @@ def make_setup(config: RunConfig, show_progress: bool = True) -> Setup:
     reward = se.Reward.preset(config.reward, target)
     if config.alpha is not None or config.beta is not None:
         reward = se.Reward(target, reward.alpha if config.alpha is None else config.alpha,
-                           reward.beta if config.beta is None else config.beta)
+                           reward.beta if config.beta is None else config.beta, reward.kind)
     trainer = ProxyTrainer(config.training_recipe(), device=config.device)
     objective = se.SearchObjective(space, model, se.TrainingEvaluator(trainer, data, seed=config.seed), reward,
                                    mode=config.mode, max_latency_ms=config.max_latency_ms)

@@ -159,14 +159,12 @@ def ray_auth_env(address: str | None, private_dir: str | None) -> dict[str, str]
     return env
 
 
-class RayExecutor:
-    """Ray tasks, one per trial, each reserving `threads` CPUs (or one GPU with device cuda).
+class RaySession:
+    """A connection to Ray for this process: a private local instance on loopback (token-protected, see
+    `ray_auth_env`; its temp dir removed on `close`) with `num_cpus`, or the cluster at `address`.
+    `RayExecutor` (trials) and `runs.supernet_ray` (Ray Train) connect through it."""
 
-    Ray retries a task whose worker died (`max_retries`); if it still fails, the driver re-queues the trial.
-    With no address a private local Ray instance starts (token-protected, see `ray_auth_env`) and stops with the
-    run, its temp dir removed."""
-
-    def __init__(self, workers: int, threads: int, address: str | None, device: str = "cpu") -> None:
+    def __init__(self, address: str | None, num_cpus: int) -> None:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         self._tmp: str | None = tempfile.mkdtemp(prefix="bneck-ray-", dir="/tmp") if address is None else None
         self._saved_env = {k: os.environ.get(k) for k in _AUTH_VARS}
@@ -176,11 +174,11 @@ class RayExecutor:
 
         Config.initialize("")  # Ray caches RAY_AUTH_MODE when first imported: make it see the variables above
         AuthenticationTokenLoader.instance().reset_cache()
-        self.slots, self.threads, self._ray = workers, threads, ray
+        self.ray = ray
         kw: dict[str, Any] = {"log_to_driver": False, "configure_logging": False, "include_dashboard": False}
         try:
             if address is None:
-                ray.init(num_cpus=workers * threads, _temp_dir=self._tmp, _node_ip_address="127.0.0.1", **kw)
+                ray.init(num_cpus=num_cpus, _temp_dir=self._tmp, _node_ip_address="127.0.0.1", **kw)
             else:
                 ray.init(address=address, **kw)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -188,8 +186,6 @@ class RayExecutor:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             where = f"the Ray cluster at {address}" if address else "a private Ray instance"
             raise ExecutorError(f"address: cannot join {where}: {first}") from None
-        gpus = 1 if device.startswith("cuda") else 0
-        self._remote = ray.remote(run_task).options(num_cpus=threads, num_gpus=gpus, max_retries=2)
 
     def _cleanup(self) -> None:
         for k, v in self._saved_env.items():
@@ -202,6 +198,23 @@ class RayExecutor:
 
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
+
+    def close(self) -> None:
+        self.ray.shutdown()
+        self._cleanup()
+
+
+class RayExecutor:
+    """Ray tasks, one per trial, each reserving `threads` CPUs (or one GPU with device cuda).
+
+    Ray retries a task whose worker died (`max_retries`); if it still fails, the driver re-queues the trial.
+    With no address a private local Ray instance starts (`RaySession`) and stops with the run."""
+
+    def __init__(self, workers: int, threads: int, address: str | None, device: str = "cpu") -> None:
+        self._session = RaySession(address, workers * threads)
+        self.slots, self.threads, self._ray = workers, threads, self._session.ray
+        gpus = 1 if device.startswith("cuda") else 0
+        self._remote = self._ray.remote(run_task).options(num_cpus=threads, num_gpus=gpus, max_retries=2)
 
     def submit(self, task: Any) -> Any:
         return self._remote.remote(task)
@@ -226,8 +239,7 @@ class RayExecutor:
         return out
 
     def close(self) -> None:
-        self._ray.shutdown()
-        self._cleanup()
+        self._session.close()
 
 
 def make_executor(backend: str, workers: int, threads: int, address: str | None = None,

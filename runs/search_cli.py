@@ -28,7 +28,7 @@ SEARCH_FLAGS = ("space", "table", "target_ms", "searcher", "trials", "data", "st
 @click.option("--build-table/--no-build-table", default=None, help="Build the table when missing [default: on].")
 @click.option("--target-ms", type=float, default=None, help="Reward target [default: the space's preset].")
 @click.option("--max-latency-ms", type=float, default=None, help="Hard ceiling: slower nets are not trained.")
-@click.option("--reward", default=None, help="mnasnet | mobilenet_v3 | hard [default: mobilenet_v3].")
+@click.option("--reward", default=None, help="mnasnet | mobilenet_v3 | hard | tunas [default: mobilenet_v3].")
 @click.option("--mode", default=None, help="reward | pareto [default: reward].")
 @click.option("--searcher", default=None, help=f"{' | '.join(se.STRATEGIES)} [default: tpe].")
 @click.option("--trials", type=int, default=None, help="Budget of finished trials [default: 20].")

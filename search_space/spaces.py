@@ -512,3 +512,25 @@ def get_space(name: str, width_mult: float = 1.0, num_classes: int = 1000, resol
     if name not in SPACES:
         raise SpecError(f"unknown space {name!r} (known: {', '.join(SPACES)})")
     return SPACES[name](width_mult=width_mult, num_classes=num_classes, resolution=resolution)
+
+
+def load_space(name_or_file: str, width_mult: float = 1.0, num_classes: int | None = None,
+               resolution: int = 224) -> SearchSpace:
+    """A registered space by name, or a `SearchSpace.to_dict()` JSON file, at a resolution and class count;
+    `num_classes` None keeps the file's (named spaces: 1000, the deployed ImageNet head). SpecError names the
+    file or the known names."""
+    if name_or_file in SPACES:
+        return get_space(name_or_file, width_mult, 1000 if num_classes is None else num_classes, resolution)
+    import json
+    from pathlib import Path
+
+    if not name_or_file.endswith(".json"):
+        raise SpecError(f"unknown space {name_or_file!r} (known: {', '.join(SPACES)}, or a .json space definition)")
+    try:
+        doc = json.loads(Path(name_or_file).read_text())
+    except (OSError, ValueError) as exc:
+        raise SpecError(f"space: cannot read {name_or_file} as JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise SpecError(f"space: {name_or_file} is not a search space definition")
+    classes = doc.get("num_classes") if num_classes is None else num_classes
+    return SearchSpace.from_dict({**doc, "num_classes": classes, "resolution": resolution})

@@ -76,14 +76,22 @@ def test_reward_matches_hand_computed_values():
     assert hard(0.8, 5.0) == pytest.approx(0.8)  # alpha 0: no credit for being faster
     assert hard(0.8, 10.0) == pytest.approx(0.8)
     assert hard(0.8, 12.5) == pytest.approx(0.8 * 0.8)  # beta -1: accuracy x target/latency
+    tunas = se.Reward.preset("tunas", 10.0)  # TuNAS absolute: ACC - 0.10 |LAT/TARGET - 1|
+    assert tunas(0.8, 10.0) == pytest.approx(0.8)
+    assert tunas(0.8, 12.5) == pytest.approx(0.8 - 0.025)
+    assert tunas(0.8, 5.0) == pytest.approx(0.8 - 0.05)  # faster than the target is penalized too
+    assert tunas(0.3, 12.5) == pytest.approx(0.3 - 0.025)  # the penalty does not shrink with accuracy
+    one_sided = se.Reward(10.0, alpha=0.0, beta=-0.5, kind="absolute")
+    assert one_sided(0.8, 5.0) == pytest.approx(0.8) and one_sided(0.8, 12.0) == pytest.approx(0.7)
     acc, lat = np.array([0.7, 0.8, 0.9]), np.array([5.0, 10.0, 12.5])
-    for r in (soft, v3, hard):
+    for r in (soft, v3, hard, tunas, one_sided):
         assert r.batch(acc, lat) == pytest.approx([r(a, b) for a, b in zip(acc, lat, strict=True)])
 
 
 @pytest.mark.parametrize("kwargs, field", [({"target_ms": 0}, "target_ms"), ({"target_ms": -1}, "target_ms"),
                                            ({"target_ms": 1, "alpha": 0.1}, "alpha"),
-                                           ({"target_ms": 1, "beta": float("nan")}, "beta")])
+                                           ({"target_ms": 1, "beta": float("nan")}, "beta"),
+                                           ({"target_ms": 1, "kind": "additive"}, "kind")])
 def test_reward_rejects_bad_settings_naming_the_field(kwargs, field):
     with pytest.raises(se.RewardError, match=field):
         se.Reward(**kwargs)

@@ -3,11 +3,20 @@ the same network standalone, and its training is deterministic and resumable."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
+from requires import unavailable
 
 import search_space as ss
 from evaluators import Recipe, load_data
@@ -21,6 +30,7 @@ from evaluators.supernet import (
     step_subnets,
     train_supernet,
 )
+from runs.cli import cli
 from search_space.supernet import Supernet
 
 SPACES = {"small": ss.mobilenet_v3_small_space, "large": ss.mobilenet_v3_large_space}
@@ -187,3 +197,136 @@ def test_recalibration_replaces_the_statistics_with_the_batches_average() -> Non
         conv = model.stem.conv(x)
     assert torch.allclose(once, conv.mean((0, 2, 3)), atol=1e-4)
     assert not model.training
+
+
+# ---- the CLI: train, kill -9, resume, score, extract --------------------------------------------------------
+BNECK = [sys.executable, "-m", "runs.cli"]
+
+
+def mini_space() -> ss.SearchSpace:
+    """A 3-stage space with two widths, kernels and depths per stage: every slicing path, seconds per step."""
+    preset = ss.Arch(ss.Stem(8, act="hswish"),
+                     (ss.Bneck(3, 8, 8, 2, True, "relu"), ss.Bneck(3, 32, 16, 2, False, "relu"),
+                      ss.Bneck(3, 48, 16, 1, False, "relu"), ss.Bneck(5, 64, 24, 2, True, "hswish"),
+                      ss.Bneck(5, 72, 24, 1, True, "hswish")),
+                     ss.Head(conv=48, hidden=64), num_classes=10, resolution=32)
+    return ss.space_around("mini_space", preset, expand_ratios=(1.0, 3.0, 4.0), width_ratios=(0.5, 1.0),
+                           kernels=(3, 5), num_classes=10, resolution=32)
+
+
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("mini") / "space.json"
+    path.write_text(json.dumps(mini_space().to_dict()))
+    return path
+
+
+def train_args(space_file: Path, out: Path, steps: int) -> list[str]:
+    return ["supernet", "train", "--space", str(space_file), "--data", "builtin:digits", "--steps", str(steps),
+            "--batch-size", "16", "--random-subnets", "1", "--threads", "1", "--checkpoint-every", "1",
+            "--out", str(out), "--json"]
+
+
+def _checkpoint_step(path: Path) -> int:
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["step"])
+    except (FileNotFoundError, EOFError, RuntimeError):
+        return 0
+
+
+@pytest.mark.slow
+def test_training_resumes_after_kill_9_as_if_never_stopped(mini: Path, digits: object, tmp_path: Path) -> None:
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(BNECK + train_args(mini, out, 30), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while _checkpoint_step(out / "supernet.pt") < 4:
+        assert proc.poll() is None, "training ended before its 4th checkpoint"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    stopped_at = _checkpoint_step(out / "supernet.pt")
+    assert 4 <= stopped_at < 30
+    res = subprocess.run(BNECK + train_args(mini, out, 30), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert not list(out.glob(".*.tmp"))  # a checkpoint write the kill cut short leaves nothing behind
+    assert json.loads(res.stdout)["steps"] == 30
+    whole = train_supernet(mini_space(), digits, SupernetRecipe(recipe=Recipe(steps=30, batch_size=16, threads=1),
+                                                                random_subnets=1))
+    resumed, _ = load_supernet(out)
+    a, b = whole.supernet.state_dict(), resumed.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a), "the resumed run differs from an uninterrupted one"
+
+
+def test_score_and_extract_from_the_command_line(mini: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sn"
+    res = CliRunner().invoke(cli, train_args(mini, out, 3))
+    assert res.exit_code == 0, res.output
+    preset = mini_space().preset.to_string()
+    res = CliRunner().invoke(cli, ["supernet", "score", str(out), preset, "--sample", "2", "--calib-images", "64",
+                                   "--json"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in res.output.splitlines() if line.startswith("{")]
+    assert len(rows) == 3 and all(0 <= r["top1"] <= 1 for r in rows)
+    weights = tmp_path / "w" / "preset.pt"
+    res = CliRunner().invoke(cli, ["supernet", "extract", str(out), preset, "--out", str(weights),
+                                   "--calib-images", "64"])
+    assert res.exit_code == 0, res.output
+    arch = ss.Arch.from_json(weights.with_suffix(".json").read_text())
+    model = ss.build_model(arch)
+    model.load_state_dict(torch.load(weights, weights_only=True), strict=True)  # what `bneck export --weights` does
+    onnx = tmp_path / "w" / "preset.onnx"
+    res = CliRunner().invoke(cli, ["export", str(weights.with_suffix(".json")), "--weights", str(weights),
+                                   "--out", str(onnx)])
+    assert res.exit_code == 0 and onnx.is_file(), res.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["score", "{missing}", "mobilenet_v3_small"], "does not exist"),
+    (["score", "{garbage}", "mobilenet_v3_small"], "is not a bneck supernet checkpoint"),
+    (["score", "{sn}", "mobilenet_v3_small"], "differs from the space"),
+    (["score", "{sn}"], "nothing to score"),
+    (["train", "--space", "nope_space"], "unknown space 'nope_space'"),
+])
+def test_bad_input_is_one_line_and_exit_2(mini: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    sn = tmp_path / "sn"
+    if "{sn}" in args:
+        assert CliRunner().invoke(cli, train_args(mini, sn, 1)).exit_code == 0
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    paths = {"{missing}": str(tmp_path / "missing"), "{garbage}": str(tmp_path / "garbage.pt"), "{sn}": str(sn)}
+    res = CliRunner().invoke(cli, ["supernet", *[paths.get(a, a) for a in args]])
+    assert res.exit_code == 2, res.output
+    assert message in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.slow
+def test_ray_train_leg_with_two_workers_on_loopback(mini: Path, tmp_path: Path) -> None:
+    """Ray Train (TorchTrainer, 2 CPU workers, gradients all-reduced over gloo) inside a network namespace with
+    only loopback, on a private Ray instance that must not write ~/.ray/auth_token or leave its temp dir."""
+    import glob
+
+    from test_runs import _can_unshare
+
+    reason = _can_unshare()
+    if reason:
+        unavailable(f"Ray tests run only inside a loopback-only network namespace: {reason}")
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text("0f" * 32)
+    out = tmp_path / "sn"
+    before = set(glob.glob("/tmp/bneck-ray-*"))
+    cmd = " ".join([*BNECK, *train_args(mini, out, 4), "--backend", "ray", "--workers", "2"])
+    env = {**os.environ, "HOME": str(home), "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+    for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
+        env.pop(k, None)
+    res = subprocess.run(["unshare", "-n", "sh", "-c", f"ip link set lo up && {cmd}"], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 4 and math.isfinite(summary["final_train_loss"])
+    supernet, meta = load_supernet(out)
+    assert meta["step"] == 4
+    with torch.no_grad():  # both workers applied the same averaged update: one consistent, finite network
+        assert torch.isfinite(supernet(torch.randn(2, 3, 32, 32), mini_space().preset)).all()
+    assert (home / ".ray" / "auth_token").read_text() == "0f" * 32
+    assert set(glob.glob("/tmp/bneck-ray-*")) <= before
