@@ -37,6 +37,23 @@ class ConfirmConfig(BaseModel):
     seeds: int = Field(2, ge=0, le=20, description="extra training seeds per trial (0: off)")
 
 
+class SupernetEvalConfig(BaseModel):
+    """`evaluator: supernet`: score candidates on a trained supernet (`bneck supernet train`) instead of training
+    each one; confirmation then trains the best standalone."""
+
+    model_config = ConfigDict(extra="forbid")
+    checkpoint: Path = Field(description="the supernet: its OUT dir or OUT/supernet.pt")
+    calib_images: int = Field(256, ge=1, description="training images that recalibrate each subnet's BN")
+    val_images: int | None = Field(None, ge=1, description="validation images scored (default: all)")
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _exists(cls, v: Path) -> Path:
+        if not v.exists():
+            raise ValueError(f"supernet checkpoint {v} does not exist (train it with `bneck supernet train`)")
+        return v.resolve()
+
+
 class RunConfig(BaseModel):
     """Everything that defines a search run. Field docs are what `bneck search --help` and errors refer to."""
 
@@ -53,6 +70,9 @@ class RunConfig(BaseModel):
     recipe: dict[str, Any] = Field(default_factory=dict, description="other training-recipe fields")
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
     eval_cache: bool = Field(True, description="reuse cached evaluations (~/.cache/bneck/evals)")
+    evaluator: Literal["train", "supernet"] = Field("train", description="train: proxy-train every candidate; "
+                                                    "supernet: score it on a trained supernet (see `supernet`)")
+    supernet: SupernetEvalConfig | None = Field(None, description="evaluator supernet: the checkpoint and scoring")
     table: Path | None = Field(None, description="latency table (default: this device's cached table)")
     build_table: bool = Field(True, description="build the table first when it is missing")
     latency_resolution: int = Field(224, ge=32, le=2048, description="resolution the latency is predicted at")
@@ -126,6 +146,10 @@ class RunConfig(BaseModel):
                              f"{', '.join(PARETO_STRATEGIES)}")
         if self.address is not None and self.backend != "ray":
             raise ValueError("address: only meaningful with backend ray")
+        if self.evaluator == "supernet" and self.supernet is None:
+            raise ValueError("evaluator supernet needs supernet: {checkpoint: DIR} (a `bneck supernet train` output)")
+        if self.evaluator != "supernet" and self.supernet is not None:
+            raise ValueError("supernet: only meaningful with evaluator supernet")
         try:
             self.training_recipe()
         except (RecipeError, TypeError) as exc:

@@ -6,6 +6,10 @@ the budget the top `top` feasible trials by reward and the reference (the space'
 `seeds` more times with the same recipe and data split and other training seeds; each gets mean and std of top-1
 over its 1 + `seeds` trainings, the reward of the mean, and the run's best is the best mean reward.
 
+With a supernet evaluator (`evaluator: supernet`) a trial's accuracy is a shared-weights score, not a training:
+the candidates are then trained standalone with the run's recipe for 1 + `seeds` seeds (the run's own seed
+first), and their means rest on those trainings alone (`search_score_counts` false in each row).
+
 RUN/confirm.json is rewritten atomically after every training, so a kill loses at most the trainings running;
 a resume trains only what is missing (and the evaluation cache makes repeats free).
 """
@@ -45,7 +49,10 @@ def summarize(rows: list[dict[str, Any]], reward: Any) -> dict[str, Any]:
     """Per candidate: top-1 over every training, mean, std, the reward of the mean; the best by that reward."""
     best, best_key = None, -math.inf
     for r in rows:
-        accs = [r["accuracy"], *[e["top1"] for e in r["extra"].values() if not e["failed"]]]
+        own = [r["accuracy"]] if r.get("search_score_counts", True) else []
+        accs = [*own, *[e["top1"] for e in r["extra"].values() if not e["failed"]]]
+        if not accs:  # every standalone training failed
+            accs = [0.0]
         r["top1_seeds"] = accs
         r["top1_mean"] = float(np.mean(accs))
         r["top1_std"] = float(np.std(accs, ddof=1)) if len(accs) > 1 else None
@@ -69,13 +76,15 @@ def confirm(run: RunDir, frame: pd.DataFrame, config: Any, reward: Any, executor
     path = run.confirm
     old = run.confirmation()
     done = {int(r["trial"]): r for r in old.get("rows", [])}
-    seeds = [config.seed + k * SEED_STRIDE for k in range(1, settings.seeds + 1)]
+    standalone = getattr(config, "evaluator", "train") == "supernet"  # the search's scores are no trainings
+    seeds = [config.seed + k * SEED_STRIDE for k in range(0 if standalone else 1, settings.seeds + 1)]
     rows = []
     for _, c in candidates(frame, settings.top).iterrows():
         prev = done.get(int(c["trial"]), {})
         rows.append({"trial": int(c["trial"]), "arch": str(c["arch"]), "reference": bool(c["reference"]),
                      "feasible": bool(c["feasible"]), "latency_ms": float(c["latency_ms"]),
                      "accuracy": float(c["accuracy"]), "reward": float(c["reward"]),
+                     "search_score_counts": not standalone,
                      "extra": {k: v for k, v in prev.get("extra", {}).items() if int(k) in seeds}})
     t0 = time.time()
 

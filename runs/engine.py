@@ -101,6 +101,8 @@ def resolve_table(config: RunConfig, show_progress: bool = True) -> tuple[lat.La
 def make_setup(config: RunConfig, show_progress: bool = True) -> Setup:
     data = load_data(config.data, resolution=config.resolution, seed=config.seed, progress=show_progress)
     space = search_space_of(config, data.num_classes, config.resolution)
+    if config.supernet is not None:  # before the table: a mismatch must not wait for a table build
+        check_supernet(config.supernet.checkpoint, space, data)
     table, table_path = resolve_table(config, show_progress)
     model = lat.LatencyModel(table, space)
     target = config.target_ms if config.target_ms is not None else model.ms(space.preset)
@@ -112,6 +114,22 @@ def make_setup(config: RunConfig, show_progress: bool = True) -> Setup:
     objective = se.SearchObjective(space, model, se.TrainingEvaluator(trainer, data, seed=config.seed), reward,
                                    mode=config.mode, max_latency_ms=config.max_latency_ms)
     return Setup(config, data, space, table, table_path, model, target, reward, objective)
+
+
+def check_supernet(checkpoint: Path, space: ss.SearchSpace, data: ImageData) -> None:
+    """A supernet evaluator must cover the run's space and score on the split it was trained with (else its
+    training images would be scored as validation)."""
+    from evaluators.supernet import SupernetError, check_same_split, load_supernet
+
+    try:
+        supernet, meta = load_supernet(checkpoint)
+        check_same_split(meta, data)
+    except SupernetError as exc:
+        raise RunError(str(exc)) from None
+    if supernet.space.to_dict() != space.to_dict():
+        raise RunError(f"supernet {checkpoint} is a supernet of {supernet.space.name} at "
+                       f"{supernet.space.resolution} px, {supernet.space.num_classes} classes; the run searches "
+                       f"{space.name} at {space.resolution} px, {space.num_classes} classes")
 
 
 def resolved(config: RunConfig, setup: Setup) -> RunConfig:
@@ -265,8 +283,9 @@ class Driver:
         """What a worker runs for trial `number` (confirmation: the same with another training seed)."""
         c = self.setup.config
         recipe = dataclasses.asdict(c.training_recipe())
+        supernet = c.supernet.model_dump(mode="json") if c.supernet is not None and train_seed is None else None
         return TrialTask(number, arch, c.data, c.resolution, recipe, c.seed, c.device, c.eval_cache,
-                         c.keep_weights > 0, train_seed)
+                         c.keep_weights > 0, train_seed, supernet)
 
     def _ask(self) -> None:
         trial = self.study.ask()

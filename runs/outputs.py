@@ -203,6 +203,10 @@ def _markdown(run: RunDir, frame: pd.DataFrame, done: pd.DataFrame, front: pd.Da
              f"{n_failed} failed" + "".join(f", {n} {s.lower()}" for s, n in others.items()) + " |",
              f"| data | {ctx['data']}, {info.get('num_classes', '?')} classes, trained at {ctx['resolution']} px for "
              f"{ctx['budget']} |",
+             *([f"| evaluator | supernet `{cfg['supernet']['checkpoint']}`: shared weights, BN recalibrated on "
+                f"{cfg['supernet'].get('calib_images', 256)} training images, top-1 on the validation split; "
+                "the budget above is the confirmation's standalone trainings |"]
+               if cfg.get("evaluator") == "supernet" and cfg.get("supernet") else []),
              f"| latency | predicted at {ctx['latency_resolution']} px by `{info.get('table', cfg.get('table'))}` |",
              f"| target | {_num(target, '.3f')} ms, reward {cfg.get('reward', '?')} |",
              f"| ceiling | {_num(cfg.get('max_latency_ms'), '.3f', 'none')}"
@@ -247,10 +251,14 @@ def _confirm_lines(run: RunDir) -> list[str]:
     doc = run.confirmation()
     if not doc.get("rows"):
         return []
-    n = 1 + len(doc.get("seeds", []))
+    standalone = not all(r.get("search_score_counts", True) for r in doc["rows"])
+    n = len(doc.get("seeds", [])) + (0 if standalone else 1)
+    how = (f"trained standalone {n} times (the search scored them on a supernet; seeds "
+           f"{', '.join(map(str, doc['seeds']))})" if standalone else
+           f"trained {n} times (seeds: the search's and {', '.join(map(str, doc['seeds']))})")
     lines = ["", "## Confirmation", "",
-             f"The top {doc['top']} trials and the reference, each trained {n} times (seeds: the search's and "
-             f"{', '.join(map(str, doc['seeds']))}), same data split and recipe. The best is the best reward of the "
+             f"The top {doc['top']} trials and the reference, each {how}, same data split and recipe. The best is "
+             f"the best reward of the "
              f"mean top-1" + (f"; pooled seed std {100 * doc['pooled_std']:.2f} points" if doc.get("pooled_std")
                               else "") + (" (still running)" if doc.get("status") != "done" else "") + ".", "",
              "| trial | | predicted ms | top-1 mean ± std | trainings | reward of the mean |",

@@ -39,6 +39,7 @@ class TrialTask:
     eval_cache: bool = True
     keep_weights: bool = False
     train_seed: int | None = None  # another training seed on the same data split (confirmation); None: seed
+    supernet: dict[str, Any] | None = None  # score on this supernet (`SupernetEvalConfig` fields) instead of training
 
 
 @dataclass
@@ -94,12 +95,60 @@ def _data(spec: str, resolution: int, seed: int, holdout: float | None = None) -
     return splits[holdout]
 
 
+# (checkpoint, its mtime, calib_images, val_images) -> the scorer; one supernet at a time per worker
+_SCORERS: dict[tuple[str, float, int, int | None], Any] = {}
+
+
+def _scorer(settings: dict[str, Any], threads: int) -> Any:
+    """The supernet scorer of `settings`, loaded once per worker process (a rewritten checkpoint reloads)."""
+    from evaluators.supernet import SupernetScorer, load_supernet, supernet_data
+
+    path = str(settings["checkpoint"])
+    key = (path, os.path.getmtime(path) if os.path.exists(path) else 0.0, int(settings.get("calib_images", 256)),
+           settings.get("val_images"))
+    if key not in _SCORERS:
+        _SCORERS.clear()
+        supernet, meta = load_supernet(path)
+        data = supernet_data(meta)
+        _SCORERS[key] = SupernetScorer(supernet, data, key[2], key[3], threads=threads)
+    return _SCORERS[key]
+
+
+def score_task(task: TrialTask) -> TrialOutcome:
+    """Score `task.arch` on the task's supernet (no training): BN recalibrated, top-1 on the validation split."""
+    import torch
+
+    import search_space as ss
+
+    t0 = time.perf_counter()
+    assert task.supernet is not None
+    scorer = _scorer(task.supernet, int(task.recipe.get("threads", 1)))
+    arch = ss.Arch.parse(task.arch).replace(resolution=scorer.data.resolution, num_classes=scorer.data.num_classes)
+    model = scorer.model(arch)
+    from evaluators import evaluate_accuracy
+
+    top1, loss = evaluate_accuracy(model, scorer.x_val, scorer.y_val, scorer.batch_size)
+    weights = None
+    if task.keep_weights:
+        buf = io.BytesIO()
+        torch.save(model.state_dict(), buf)
+        weights = buf.getvalue()
+    elapsed = time.perf_counter() - t0
+    info = {"evaluator": "supernet", "loss": loss, "score_s": elapsed, "worker_s": elapsed}
+    failed = not math.isfinite(loss)
+    return TrialOutcome(task.trial, float(top1), failed, "supernet score is not finite" if failed else "", _worker(),
+                        info, weights)
+
+
 def _worker() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def evaluate_task(task: TrialTask) -> TrialOutcome:
-    """Train `task.arch` with the run's recipe; a diverged run is a failed outcome, not an exception."""
+    """Train `task.arch` with the run's recipe (or score it on the task's supernet); a diverged run is a failed
+    outcome, not an exception."""
+    if task.supernet is not None:
+        return score_task(task)
     import torch
 
     import search_space as ss

@@ -514,3 +514,65 @@ def test_recover_requeues_only_trials_whose_architecture_was_complete():
     assert states == ["FAIL", "FAIL", "WAITING"]  # one re-queued copy: the complete one
     assert study.trials[2].params == {} and study.trials[2].system_attrs["fixed_params"] == whole.params
     assert all(t.user_attrs.get("interrupted") for t in study.trials[:2])
+
+
+# ---- evaluator: supernet ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_supernet(tiny, tmp_path_factory) -> Path:
+    """A supernet of the tiny space trained a few steps on digits (split seed 0), as `bneck supernet train` does."""
+    from evaluators import Recipe, load_data
+    from evaluators.supernet import SupernetRecipe, train_supernet
+
+    out = tmp_path_factory.mktemp("supernet")
+    data = load_data("builtin:digits", resolution=32, seed=0)
+    space = ss.load_space(str(tiny["space"]), 1.0, data.num_classes, 32)
+    train_supernet(space, data, SupernetRecipe(recipe=Recipe(steps=20, batch_size=32, threads=1), rule="spos"),
+                   out_dir=out, seed=0)
+    return out
+
+
+def test_a_search_scores_on_the_supernet_and_confirms_standalone(tiny, tiny_supernet, tmp_path):
+    cfg = write_config(tiny, tmp_path / "run.yaml", trials=6, evaluator="supernet", keep_weights=1,
+                       supernet={"checkpoint": str(tiny_supernet), "calib_images": 64},
+                       confirm={"top": 1, "seeds": 1})
+    run = tmp_path / "run"
+    res = CliRunner().invoke(cli, ["search", "--config", str(cfg), "--out", str(run)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    frame = assert_exact_budget(run, 6)
+    storage = f"sqlite:///{run / 'study.db'}"
+    import optuna
+
+    study = optuna.load_study(study_name=study_of(run), storage=storage)
+    assert all(t.user_attrs.get("evaluator") == "supernet" for t in study.trials)  # scored, not trained
+    assert all("train_s" not in t.user_attrs for t in study.trials)
+    doc = json.loads((run / "confirm.json").read_text())
+    assert doc["seeds"] == [0, 1000]  # standalone trainings: the run's seed first
+    for row in doc["rows"]:
+        assert row["search_score_counts"] is False and len(row["top1_seeds"]) == 2
+        assert row["top1_seeds"] == [row["extra"]["0"]["top1"], row["extra"]["1000"]["top1"]]  # no supernet score
+    best = int(frame.sort_values("reward", ascending=False)["trial"].iloc[0])
+    weights = run / "weights" / f"trial_{best}.pt"  # the extracted, recalibrated subnet: exportable as is
+    import torch
+
+    model = ss.build_model(ss.Arch.parse(frame.set_index("trial").loc[best, "arch"]))
+    model.load_state_dict(torch.load(weights, weights_only=True), strict=True)
+    res = CliRunner().invoke(cli, ["report", str(run)])
+    assert res.exit_code == 0, res.output
+    report = (run / "report.md").read_text()
+    assert "| evaluator | supernet" in report and "trained standalone 2 times" in report
+
+
+def test_a_supernet_of_another_split_or_space_is_refused(tiny, tiny_supernet, tmp_path):
+    cfg = write_config(tiny, tmp_path / "run.yaml", evaluator="supernet", seed=1,
+                       supernet={"checkpoint": str(tiny_supernet)})
+    res = CliRunner().invoke(cli, ["search", "--config", str(cfg), "--out", str(tmp_path / "r1")])
+    assert res.exit_code == 2 and "split seed 0" in res.output and "overlap its training set" in "".join(
+        res.output.split("\n")), res.output
+    cfg = write_config(tiny, tmp_path / "run2.yaml", evaluator="supernet", space="mobilenet_v3_small_space",
+                       table=None, supernet={"checkpoint": str(tiny_supernet)})
+    res = CliRunner().invoke(cli, ["search", "--config", str(cfg), "--no-build-table", "--out", str(tmp_path / "r2")])
+    assert res.exit_code == 2 and "is a supernet of tiny_space" in res.output, res.output
+    with pytest.raises(ConfigError, match="evaluator supernet needs supernet"):
+        load_config(None, {"evaluator": "supernet"})
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(None, {"evaluator": "supernet", "supernet": {"checkpoint": str(tmp_path / "nope")}})
