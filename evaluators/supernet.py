@@ -34,7 +34,7 @@ from torch import nn
 import search_space as ss
 from bneck_common.paths import atomic_write
 from bneck_common.progress import progress_bar
-from evaluators.trainer import Recipe, RecipeError, augment, evaluate_accuracy, make_optimizer, to_batch
+from evaluators.trainer import Recipe, RecipeError, augment, make_optimizer, to_batch
 from search_space.supernet import Supernet
 
 RULES = ("sandwich", "spos")
@@ -401,10 +401,8 @@ class SupernetScorer:
         self.calib = [to_batch(data.x_train[calib[i:i + batch_size]], data, self.device)
                       for i in range(0, len(calib), batch_size)]
         n_val = len(data.y_val)
-        val = np.arange(n_val) if val_images is None or val_images >= n_val else \
+        self.val_index = np.arange(n_val) if val_images is None or val_images >= n_val else \
             np.sort(rng.choice(n_val, size=val_images, replace=False))
-        self.x_val = to_batch(data.x_val[val], data, self.device)
-        self.y_val = torch.from_numpy(np.asarray(data.y_val, dtype=np.int64)[val]).to(self.device)
         self.batch_size = batch_size
 
     def model(self, arch: ss.Arch) -> nn.Module:
@@ -420,11 +418,26 @@ class SupernetScorer:
 
     def score(self, arch: ss.Arch) -> tuple[float, float]:
         """(top-1, mean cross-entropy) of `arch` on the validation images."""
-        model = self.model(arch)
+        return self.score_model(self.model(arch))
+
+    def score_model(self, model: nn.Module) -> tuple[float, float]:
+        """(top-1, mean cross-entropy) of a module (from `model`) on the validation images, converted batch by
+        batch (a large split at a large resolution is never held as floats)."""
         prev = torch.get_num_threads()
         torch.set_num_threads(self.threads)
+        y_all = np.asarray(self.data.y_val, dtype=np.int64)
         try:
-            return evaluate_accuracy(model, self.x_val, self.y_val, self.batch_size)
+            model.eval()
+            correct, loss_sum = 0, 0.0
+            with torch.no_grad():
+                for i in range(0, len(self.val_index), self.batch_size):
+                    idx = self.val_index[i:i + self.batch_size]
+                    logits = model(to_batch(self.data.x_val[idx], self.data, self.device))
+                    yb = torch.from_numpy(y_all[idx]).to(self.device)
+                    loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
+                    correct += int((logits.argmax(1) == yb).sum())
+            n = max(1, len(self.val_index))
+            return correct / n, loss_sum / n
         finally:
             torch.set_num_threads(prev)
 

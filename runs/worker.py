@@ -125,9 +125,7 @@ def score_task(task: TrialTask) -> TrialOutcome:
     scorer = _scorer(task.supernet, int(task.recipe.get("threads", 1)))
     arch = ss.Arch.parse(task.arch).replace(resolution=scorer.data.resolution, num_classes=scorer.data.num_classes)
     model = scorer.model(arch)
-    from evaluators import evaluate_accuracy
-
-    top1, loss = evaluate_accuracy(model, scorer.x_val, scorer.y_val, scorer.batch_size)
+    top1, loss = scorer.score_model(model)
     weights = None
     if task.keep_weights:
         buf = io.BytesIO()
