@@ -260,7 +260,8 @@ def train_supernet(space: ss.SearchSpace, data: Any, recipe: SupernetRecipe | No
                    out_dir: str | Path | None = None, device: str = "cpu", progress: bool = False,
                    stop_after: int | None = None, data_seed: int | None = None,
                    parallel: DataParallel | None = None,
-                   on_step: Callable[[int, float], None] | None = None) -> TrainState:
+                   on_step: Callable[[int, float], None] | None = None,
+                   stop: Callable[[], bool] | None = None) -> TrainState:
     """Train (or resume) a supernet of `space` on `data`'s training split.
 
     With `out_dir`, an existing checkpoint there of the same space, data, seed and recipe is resumed; one of
@@ -269,7 +270,9 @@ def train_supernet(space: ss.SearchSpace, data: Any, recipe: SupernetRecipe | No
     `data_seed` is the seed `data` was split with (default `seed`): stored with `data.source` and its
     resolution, so scoring can load the same split and use validation images the supernet never saw.
     `parallel`: this process is one of several data-parallel workers (`DataParallel`); bit-for-bit resumes then
-    hold for the same number of workers (BatchNorm sees each worker's share of the batch).
+    hold for the same number of workers (BatchNorm sees each worker's share of the batch). `stop()` is asked
+    after every step: when it says so, the checkpoint is written there and the call returns (Ctrl-C / SIGTERM
+    in the CLI lose no finished step).
     """
     recipe = recipe or SupernetRecipe()
     r = recipe.recipe
@@ -349,13 +352,16 @@ def train_supernet(space: ss.SearchSpace, data: Any, recipe: SupernetRecipe | No
             running, seen = running + loss, seen + 1
             if on_step is not None:
                 on_step(step, loss)
-            if step % recipe.checkpoint_every == 0 or step == end:
+            stopping = stop is not None and stop()
+            if step % recipe.checkpoint_every == 0 or step == end or stopping:
                 history.append({"step": step, "train_loss": running / max(1, seen),
                                 "train_s": base_s + time.perf_counter() - started})
                 running, seen = 0.0, 0
                 checkpoint()
             if bar is not None:
                 bar.update(task, completed=step, description=f"training supernet loss {loss:.3f}")
+            if stopping:
+                break
     finally:
         if bar is not None:
             bar.stop()

@@ -6,7 +6,10 @@ prints. `train` run again with the same arguments resumes from OUT/supernet.pt (
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,23 +71,28 @@ def train_cmd(space_name: str, width_mult: float, data_spec: str, resolution: in
               out: Path | None, as_json: bool) -> None:
     """Train (or resume) a supernet of a space on a data set's training split."""
     out = out or RUNS_DIR / f"supernet-{Path(space_name).stem}"
-    try:
-        recipe = SupernetRecipe(recipe=Recipe(steps=steps, batch_size=batch_size, lr=lr, threads=threads),
-                                rule=rule, random_subnets=random_subnets, distill=not no_distill,
-                                kernel_transform=kernel_transform, checkpoint_every=checkpoint_every)
-        with console_err.status(f"loading {data_spec} ..."):
-            data = load_data(data_spec, resolution=resolution, seed=seed)
-        space = ss.load_space(space_name, width_mult, data.num_classes, resolution)
-        if backend == "ray":
-            from runs.supernet_ray import train_supernet_ray
+    with graceful_stop() as stop:  # a signal during loading stops after the first step, with a checkpoint
+        try:
+            recipe = SupernetRecipe(recipe=Recipe(steps=steps, batch_size=batch_size, lr=lr, threads=threads),
+                                    rule=rule, random_subnets=random_subnets, distill=not no_distill,
+                                    kernel_transform=kernel_transform, checkpoint_every=checkpoint_every)
+            with console_err.status(f"loading {data_spec} ..."):
+                data = load_data(data_spec, resolution=resolution, seed=seed)
+            space = ss.load_space(space_name, width_mult, data.num_classes, resolution)
+            if backend == "ray":
+                from runs.supernet_ray import train_supernet_ray
 
-            state = train_supernet_ray(space, data, recipe, seed=seed, out_dir=out, workers=workers,
-                                       address=address, data_seed=seed)
-        else:
-            state = train_supernet(space, data, recipe, seed=seed, out_dir=out, device=device,
-                                   progress=not as_json, data_seed=seed)
-    except (SupernetError, RecipeError, DataError, ss.SpecError) as exc:
-        raise UserError(str(exc)) from None
+                state = train_supernet_ray(space, data, recipe, seed=seed, out_dir=out, workers=workers,
+                                           address=address, data_seed=seed)
+            else:
+                state = train_supernet(space, data, recipe, seed=seed, out_dir=out, device=device,
+                                       progress=not as_json, data_seed=seed, stop=stop)
+        except (SupernetError, RecipeError, DataError, ss.SpecError) as exc:
+            raise UserError(str(exc)) from None
+    if not state.complete:
+        console_err.print(f"stopped at step {state.step}/{state.total_steps}, checkpoint {state.path}: run the same "
+                          "command again to resume", highlight=False)
+        raise SystemExit(130)
     summary = {"out": str(out), "checkpoint": str(state.path), "space": space.name, "data": data.source,
                "steps": state.step, "total_steps": state.total_steps, "train_s": round(state.train_s, 1),
                "rule": rule, "subnets_per_step": recipe.subnets_per_step,
@@ -95,6 +103,27 @@ def train_cmd(space_name: str, width_mult: float, data_spec: str, resolution: in
         console_out.print(f"supernet of {space.name} on {data.source}: {state.step}/{state.total_steps} steps "
                           f"({rule}, {recipe.subnets_per_step} subnets per step) in {state.train_s:.0f} s -> "
                           f"{state.path}", highlight=False)
+
+
+@contextlib.contextmanager
+def graceful_stop() -> Iterator[Callable[[], bool]]:
+    """SIGINT / SIGTERM ask training to stop after the current step (it then writes its checkpoint); a second
+    signal stops at once (the last periodic checkpoint stays). Previous handlers come back afterwards."""
+    requested: list[int] = []
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if requested:
+            raise KeyboardInterrupt
+        requested.append(signum)
+
+    for sig in previous:
+        signal.signal(sig, on_signal)
+    try:
+        yield lambda: bool(requested)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _scorer(supernet_path: Path, calib_images: int, val_images: int | None,

@@ -258,6 +258,20 @@ def test_training_resumes_after_kill_9_as_if_never_stopped(mini: Path, digits: o
     assert all(torch.equal(a[k], b[k]) for k in a), "the resumed run differs from an uninterrupted one"
 
 
+def test_sigterm_stops_after_the_step_with_a_checkpoint(mini: Path, tmp_path: Path) -> None:
+    out = tmp_path / "stopped"
+    args = train_args(mini, out, 400)
+    args[args.index("--checkpoint-every") + 1] = "1000"  # no periodic checkpoint: only the stop writes one
+    proc = subprocess.Popen(BNECK + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(6)  # importing, loading digits, a few steps; a signal before training stops after its first step
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    step = _checkpoint_step(out / "supernet.pt")
+    assert 1 <= step < 400
+    assert f"stopped at step {step}/400" in " ".join(err.split()) and "Traceback" not in err
+
+
 def test_score_and_extract_from_the_command_line(mini: Path, tmp_path: Path) -> None:
     out = tmp_path / "sn"
     res = CliRunner().invoke(cli, train_args(mini, out, 3))
