@@ -270,7 +270,12 @@ def summary(work: Work, rules: list[str], quick: bool) -> dict[str, Any]:
     standalone = json.loads(standalone_path.read_text()) if standalone_path.is_file() else {}
     n_scored = sum(int(json.loads((Path(s["run"]) / "run.json").read_text())["complete"])
                    for s in d.get("search", {}).values())
+    stages = {"train": all(d.get("train", {}).get(r, {}).get("steps") == d.get("train", {}).get(r, {}).get(
+                  "total_steps") for r in rules) and all(r in d.get("train", {}) for r in rules),
+              "rank": (chosen.get("n") or 0) >= 30, "throughput": "throughput" in d,
+              "search": n_scored >= 2000, "confirm": bool(best_rows) and "start" in d}
     return {
+        "complete": all(stages.values()), "stages_done": stages,
         "data": DATA, "resolution": RESOLUTION, "quick": quick, "rule_steps": RULE_STEPS, "calib_images": CALIB_IMAGES,
         "n_archs": chosen.get("n"), "kendall_tau": chosen.get("kendall_tau"), "default_rule": default_rule,
         "rank": rank, "train": d.get("train", {}),

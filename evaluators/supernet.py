@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from evaluators.trainer import Recipe, RecipeError, augment, make_optimizer, to_
 from search_space.supernet import Supernet
 
 RULES = ("sandwich", "spos")
+VAL_TENSOR_BYTES = 512 * 1024**2
 CHECKPOINT_FORMAT = "bneck-supernet/1"
 CHECKPOINT_NAME = "supernet.pt"
 
@@ -410,6 +411,18 @@ class SupernetScorer:
         self.val_index = np.arange(n_val) if val_images is None or val_images >= n_val else \
             np.sort(rng.choice(n_val, size=val_images, replace=False))
         self.batch_size = batch_size
+        # Converted once when that fits in VAL_TENSOR_BYTES (12,000 images at 32 px are 147 MB): converting per
+        # score was a quarter of its time here; a larger split is converted batch by batch instead.
+        self._val_batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        if len(self.val_index) * 3 * data.resolution**2 * 4 <= VAL_TENSOR_BYTES:
+            self._val_batches = list(self._convert_val())
+
+    def _convert_val(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        y_all = np.asarray(self.data.y_val, dtype=np.int64)
+        for i in range(0, len(self.val_index), self.batch_size):
+            idx = self.val_index[i:i + self.batch_size]
+            yield (to_batch(self.data.x_val[idx], self.data, self.device),
+                   torch.from_numpy(y_all[idx]).to(self.device))
 
     def model(self, arch: ss.Arch) -> nn.Module:
         """`arch`'s standalone module with the supernet's weights and recalibrated BN (what `score` scores)."""
@@ -417,6 +430,8 @@ class SupernetScorer:
         torch.set_num_threads(self.threads)
         try:
             model = self.supernet.standalone(arch.replace(resolution=self.data.resolution)).to(self.device)
+            # channels-last weights (the batches already are, from NHWC images): 2.1x faster scoring here
+            model = model.to(memory_format=torch.channels_last)
             recalibrate_bn(model, self.calib)
             return model
         finally:
@@ -431,15 +446,12 @@ class SupernetScorer:
         batch (a large split at a large resolution is never held as floats)."""
         prev = torch.get_num_threads()
         torch.set_num_threads(self.threads)
-        y_all = np.asarray(self.data.y_val, dtype=np.int64)
         try:
             model.eval()
             correct, loss_sum = 0, 0.0
-            with torch.no_grad():
-                for i in range(0, len(self.val_index), self.batch_size):
-                    idx = self.val_index[i:i + self.batch_size]
-                    logits = model(to_batch(self.data.x_val[idx], self.data, self.device))
-                    yb = torch.from_numpy(y_all[idx]).to(self.device)
+            with torch.inference_mode():
+                for xb, yb in self._val_batches if self._val_batches is not None else self._convert_val():
+                    logits = model(xb)
                     loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
                     correct += int((logits.argmax(1) == yb).sum())
             n = max(1, len(self.val_index))
