@@ -111,6 +111,7 @@ def make_setup(config: RunConfig, show_progress: bool = True) -> Setup:
         reward = se.Reward(target, reward.alpha if config.alpha is None else config.alpha,
                            reward.beta if config.beta is None else config.beta, reward.kind)
     trainer = ProxyTrainer(config.training_recipe(), device=config.device)
+    # the driver only uses the objective's begin/finish; workers evaluate (train, or score on the supernet)
     objective = se.SearchObjective(space, model, se.TrainingEvaluator(trainer, data, seed=config.seed), reward,
                                    mode=config.mode, max_latency_ms=config.max_latency_ms)
     return Setup(config, data, space, table, table_path, model, target, reward, objective)
