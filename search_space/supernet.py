@@ -267,8 +267,8 @@ def _copy_conv_bn(sd: dict[str, torch.Tensor], prefix: str, weight: torch.Tensor
     sd[f"{prefix}.bn.num_batches_tracked"] = bn.num_batches_tracked
 
 
-@lru_cache(maxsize=4096)
-def _placement_cached(space: SearchSpace, arch: Arch) -> tuple[tuple[int, int], ...]:
+@lru_cache(maxsize=4096)  # a search scores thousands of archs; encoding one is a backtracking walk
+def _placement(space: SearchSpace, arch: Arch) -> tuple[tuple[int, int], ...]:
     vec = space.encode(arch)
     if arch.num_classes != space.num_classes:
         raise SpecError(f"num_classes {arch.num_classes} differs from the supernet's {space.num_classes}")
@@ -276,10 +276,6 @@ def _placement_cached(space: SearchSpace, arch: Arch) -> tuple[tuple[int, int], 
     for i, (st, at) in enumerate(zip(space.stages, space.layout.stages, strict=True)):
         out += [(i, j) for j in range(st.depths[vec[at.depth]])]
     return tuple(out)
-
-
-def _placement(space: SearchSpace, arch: Arch) -> tuple[tuple[int, int], ...]:
-    return _placement_cached(space, arch)
 
 
 def _corner(space: SearchSpace, rng: np.random.Generator, largest: bool) -> Arch:
