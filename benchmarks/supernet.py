@@ -214,7 +214,7 @@ def top_feasible(run: Path, top: int) -> list[dict[str, Any]]:
              "predicted_ms": float(r.latency_ms)} for r in ok.head(top).itertuples()]
 
 
-def stage_confirm(work: Work, data: Any, strategies: list[str], top: int, seeds: int, quick: bool) -> None:
+def stage_confirm(work: Work, data: Any, rule: str, strategies: list[str], top: int, seeds: int, quick: bool) -> None:
     long_steps = 100 if quick else LONG_STEPS
     for strategy in strategies:
         slot = work.doc.setdefault("confirm", {}).setdefault(strategy, {"wall_s": 0.0})
@@ -232,13 +232,13 @@ def stage_confirm(work: Work, data: Any, strategies: list[str], top: int, seeds:
     best_strategy = max(strategies, key=lambda s: max(r["top1_mean"] for r in work.doc["confirm"][s]["rows"]))
     best = max(work.doc["confirm"][best_strategy]["rows"], key=lambda r: r["top1_mean"])
     if "start" not in work.doc:
-        work.doc["start"] = fine_tune_vs_scratch(work, data, best["arch"], seeds, quick)
+        work.doc["start"] = fine_tune_vs_scratch(work, data, rule, best["arch"], seeds, quick)
         work.save()
 
 
-def fine_tune_vs_scratch(work: Work, data: Any, arch_text: str, seeds: int, quick: bool) -> dict[str, Any]:
+def fine_tune_vs_scratch(work: Work, data: Any, rule: str, arch_text: str, seeds: int,
+                         quick: bool) -> dict[str, Any]:
     """The proxy budget from the supernet's extracted weights vs from scratch, test top-1 per seed."""
-    rule = work.doc["search"][next(iter(work.doc["search"]))]["rule"]
     supernet, _ = load_supernet(work.path / f"train-{rule}")
     arch = ss.Arch.parse(arch_text)
     steps = 40 if quick else DEFAULT_STEPS
@@ -327,7 +327,7 @@ def main() -> None:
     if "search" in stages:
         stage_search(work, best_rule, strategies, args.candidates, val)
     if "confirm" in stages:
-        stage_confirm(work, data, strategies, args.top, args.seeds, args.quick)
+        stage_confirm(work, data, best_rule, strategies, args.top, args.seeds, args.quick)
     doc = summary(work, rules, args.quick)
     path = write("supernet_quick" if args.quick else "supernet", doc, args.out)
     print(json.dumps({k: doc[k] for k in ("n_archs", "kendall_tau", "default_rule", "candidates_per_min", "train_s",

@@ -62,8 +62,7 @@ def train_supernet_ray(space: SearchSpace, data: Any, recipe: SupernetRecipe, *,
     `address`); returns the trained state read back from OUT/supernet.pt."""
     from runs.executors import RaySession
 
-    out_dir = Path(out_dir).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir).resolve()  # rank 0 creates it with the first checkpoint: a failed start leaves none
     threads = recipe.recipe.threads
     gpu = device.startswith("cuda")
     session = RaySession(address, workers * threads)

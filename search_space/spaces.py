@@ -12,9 +12,11 @@ samplers, controllers and vectorized predictors share; `search_space.encoding` o
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -521,9 +523,6 @@ def load_space(name_or_file: str, width_mult: float = 1.0, num_classes: int | No
     file or the known names."""
     if name_or_file in SPACES:
         return get_space(name_or_file, width_mult, 1000 if num_classes is None else num_classes, resolution)
-    import json
-    from pathlib import Path
-
     if not name_or_file.endswith(".json"):
         raise SpecError(f"unknown space {name_or_file!r} (known: {', '.join(SPACES)}, or a .json space definition)")
     try:

@@ -72,7 +72,6 @@ class SuperBneck(nn.Module):
         super().__init__()
         self.kernels = tuple(sorted(set(kernels)))
         self.k_max = self.kernels[-1]
-        self.stride = stride
         self.expand_conv = nn.Conv2d(cin_max, expand_max, 1, bias=False)
         self.expand_bn = _bn(expand_max)
         self.dw_conv = nn.Conv2d(expand_max, expand_max, self.k_max, stride, self.k_max // 2, groups=expand_max,
