@@ -23,7 +23,7 @@ import optuna
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, write
-from search_efficiency import DATA_FILE, load_table
+from search_efficiency import load_table
 
 import latency as lat
 import search_space as ss
@@ -31,6 +31,7 @@ import searchers as se
 from evaluators import ProxyTrainer, Recipe, load_data
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+DATA_FILE = Path(__file__).resolve().parent / "data" / "digits_small_space_top1.json"  # its recipe
 
 
 def main() -> None:
