@@ -91,7 +91,7 @@ def tilted_sample(space: ss.SearchSpace, rng: np.random.Generator, n: int) -> np
 def plan(space: ss.SearchSpace, n_archs: int, seed: int,
          existing: list[tuple[str, int]]) -> tuple[list[ss.Arch], dict[str, Any]]:
     """The archs to add so that every log-MAdds bin holds ceil(n_archs / BINS) rows; `existing` rows
-    (arch id, MAdds) count where they fall (V3-Small at other widths lies outside the space but still counts)."""
+    (arch id, MAdds) count where they fall."""
     lo, hi = madds_range(space)
     edges = np.linspace(lo, hi, BINS + 1)
     per_bin = math.ceil(n_archs / BINS)
@@ -166,6 +166,10 @@ def main() -> None:
           f"(target {info['per_bin']} each)", flush=True)
     if args.plan:
         return
+    def save() -> None:
+        rows_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(rows_path, json.dumps(doc, indent=1) + "\n")
+
     data = load_data(DATA, resolution=RESOLUTION, seed=0)
     trainer = ProxyTrainer(Recipe(threads=args.threads), cache_dir=cache_dir())
     t0 = time.perf_counter()
@@ -174,12 +178,10 @@ def main() -> None:
         doc["rows"].append({"arch": arch.to_string(), "arch_id": arch.arch_id, "top1": res.top1, "loss": res.loss,
                             "failed": res.failed, "train_s": res.train_s, "params": res.params,
                             "madds": res.madds, "source": "stratified"})
-        rows_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(rows_path, json.dumps(doc, indent=1) + "\n")
+        save()
         print(f"[{i + 1}/{len(todo)}] {arch.arch_id} {res.madds / 1e6:.2f} M MAdds: val top-1 "
               f"{100 * res.top1:.2f}% ({res.train_s:.0f} s; {time.perf_counter() - t0:.0f} s so far)", flush=True)
-    rows_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(rows_path, json.dumps(doc, indent=1) + "\n")
+    save()  # also when nothing was left to train: the reused rows and the plan
     print(f"{len(doc['rows'])} rows in {rows_path}")
 
 
