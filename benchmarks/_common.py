@@ -23,5 +23,7 @@ def machine() -> dict[str, Any]:
 def write(name: str, data: dict[str, Any], out: str | None = None) -> Path:
     path = Path(out) if out else RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"benchmark": name, "machine": machine(), **data}, indent=2) + "\n")
+    from bneck_common.paths import atomic_write
+
+    atomic_write(path, json.dumps({"benchmark": name, "machine": machine(), **data}, indent=2) + "\n")
     return path
