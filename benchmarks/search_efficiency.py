@@ -282,7 +282,7 @@ def main() -> None:
         result["real_best"] = max(result["confirmed"], key=lambda k: result["confirmed"][k]["reward_mean"])
     result["wall_s"] = time.perf_counter() - t_start
     plot = plot_curves(runs, result, args.out)
-    result["plot"] = str(plot)
+    result["plot"] = plot.name  # written beside the JSON
     path = write("search_efficiency", result, args.out)
     print(f"\n{'strategy':14s} {'best reward (q25-q75)':>26s} {'evals to random best':>21s} {'HV':>6s}")
     for label, v in result["strategies"].items():
