@@ -61,6 +61,9 @@ class Recipe:
     augment_flip: bool = False
     max_steps: int | None = None  # cap on the steps of either budget (None: no cap)
     threads: int = 2  # part of the recipe hash: reductions differ with the thread count
+    # NHWC activations and weights while training: 1.5-2.8x faster steps on 2 CPU cores at 32 px (interleaved
+    # timing of 4 nets of the small space, 2026-12-07), other float rounding, hence part of the hash.
+    channels_last: bool = True
 
     def __post_init__(self) -> None:
         if self.steps is not None and self.epochs is not None:
@@ -347,7 +350,16 @@ class ProxyTrainer:
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.momentum = r.bn_momentum
-        model.to(self.device)
+        fmt = torch.channels_last if r.channels_last else torch.contiguous_format
+        model.to(self.device, memory_format=fmt)
+        try:
+            return self._steps(arch, data, seed, n_params, n_madds, model, fmt)
+        finally:  # handed back (cached, exported, pruned) in the default layout
+            model.to(memory_format=torch.contiguous_format)
+
+    def _steps(self, arch: Arch, data: Any, seed: int, n_params: int, n_madds: int, model: nn.Module,
+               fmt: torch.memory_format) -> tuple[Result, nn.Module]:
+        r = self.recipe
         y_train = np.asarray(data.y_train, dtype=np.int64)
         n = len(y_train)
         steps_per_epoch = max(1, math.ceil(n / r.batch_size))
@@ -372,7 +384,7 @@ class ProxyTrainer:
                     if step >= total_steps:
                         break
                     idx = np.sort(order[b * r.batch_size:(b + 1) * r.batch_size].numpy())  # sorted: memmap reads
-                    xb = augment(self.images(data.x_train[idx], data), r, gen)
+                    xb = augment(self.images(data.x_train[idx], data), r, gen).contiguous(memory_format=fmt)
                     yb = torch.from_numpy(y_train[idx]).to(self.device)
                     for g in opt.param_groups:
                         g["lr"] = r.lr_at(step, total_steps)

@@ -71,6 +71,14 @@ def test_returned_weights_reproduce_the_reported_accuracy(tmp_path, digits, smal
         assert torch.equal(v, cached.model.state_dict()[k])
 
 
+def test_channels_last_training_hands_back_a_default_layout_model_and_keys_the_cache(tmp_path, digits, small_arch):
+    res = ProxyTrainer(TINY, cache_dir=tmp_path).evaluate(small_arch, digits, seed=0, return_model=True)
+    assert TINY.channels_last and all(p.is_contiguous() for p in res.model.parameters())  # exports, surgery rely on it
+    nchw = ProxyTrainer(Recipe(epochs=1, max_steps=4, batch_size=32, threads=1, channels_last=False),
+                        cache_dir=tmp_path).evaluate(small_arch, digits, seed=0)
+    assert not nchw.cached and not nchw.failed  # other float rounding: never served from the NHWC entry
+
+
 def test_weight_decay_skips_depthwise_bn_and_biases(small_arch):
     model = ss.build_model(small_arch)
     decay, no_decay = _param_groups(model, 4e-5)
