@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bneck_common.paths import atomic_write
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -23,7 +25,5 @@ def machine() -> dict[str, Any]:
 def write(name: str, data: dict[str, Any], out: str | None = None) -> Path:
     path = Path(out) if out else RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    from bneck_common.paths import atomic_write
-
     atomic_write(path, json.dumps({"benchmark": name, "machine": machine(), **data}, indent=2) + "\n")
     return path

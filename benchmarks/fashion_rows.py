@@ -166,6 +166,7 @@ def main() -> None:
           f"(target {info['per_bin']} each)", flush=True)
     if args.plan:
         return
+
     def save() -> None:
         rows_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(rows_path, json.dumps(doc, indent=1) + "\n")

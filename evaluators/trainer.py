@@ -310,12 +310,21 @@ class ProxyTrainer:
     def _train(self, arch: Arch, data: Any, seed: int, model: nn.Module | None = None) -> tuple[Result, nn.Module]:
         r = self.recipe
         n_params, n_madds = count(arch)
+        torch.manual_seed(seed)
+        if model is None:
+            model = build_model(arch, seed=seed)
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = r.bn_momentum
+        fmt = torch.channels_last if r.channels_last else torch.contiguous_format
+        model.to(self.device, memory_format=fmt)
         prev_threads = torch.get_num_threads()
         torch.set_num_threads(r.threads)
         try:
-            return self._run(arch, data, seed, n_params, n_madds, model)
-        finally:
+            return self._run(arch, data, seed, n_params, n_madds, model, fmt)
+        finally:  # the threads restored, the model handed back (cached, exported, pruned) in the default layout
             torch.set_num_threads(prev_threads)
+            model.to(memory_format=torch.contiguous_format)
 
     def images(self, x: np.ndarray, data: Any) -> torch.Tensor:
         """uint8 NHWC images (a slice of a split, or a whole small one) as the normalized float NCHW batch the
@@ -341,24 +350,8 @@ class ProxyTrainer:
             labels = torch.from_numpy(np.array(y[i:i + size], dtype=np.int64))
             yield self.images(x[i:i + size], data), labels.to(self.device)
 
-    def _run(self, arch: Arch, data: Any, seed: int, n_params: int, n_madds: int,
-             model: nn.Module | None = None) -> tuple[Result, nn.Module]:
-        r = self.recipe
-        torch.manual_seed(seed)
-        if model is None:
-            model = build_model(arch, seed=seed)
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.momentum = r.bn_momentum
-        fmt = torch.channels_last if r.channels_last else torch.contiguous_format
-        model.to(self.device, memory_format=fmt)
-        try:
-            return self._steps(arch, data, seed, n_params, n_madds, model, fmt)
-        finally:  # handed back (cached, exported, pruned) in the default layout
-            model.to(memory_format=torch.contiguous_format)
-
-    def _steps(self, arch: Arch, data: Any, seed: int, n_params: int, n_madds: int, model: nn.Module,
-               fmt: torch.memory_format) -> tuple[Result, nn.Module]:
+    def _run(self, arch: Arch, data: Any, seed: int, n_params: int, n_madds: int, model: nn.Module,
+             fmt: torch.memory_format) -> tuple[Result, nn.Module]:
         r = self.recipe
         y_train = np.asarray(data.y_train, dtype=np.int64)
         n = len(y_train)
