@@ -11,11 +11,12 @@ guesses where no row was. These rows are drawn to cover the range evenly:
     width, kernel, expansion) draws its index from a discretized normal around t·(n-1) (sd TILT_SD·(n-1)); SE
     and activation stay uniform. Uniform sampling alone almost never reaches the ends of the range;
   - a bin takes candidates until it holds ceil(archs / BINS) rows; the proxy-fidelity rows
-    (benchmarks/data/fashion_small_space_rows.json, the same default proxy and seed; the 31 in the space)
+    (benchmarks/data/fashion_small_space_rows.json, the same proxy budget and seed; the 31 in the space)
     count where they fall, and their measurements are reused, not repeated.
 
-Each new row is one default search proxy (Recipe(), DEFAULT_STEPS optimizer steps, seed 0) on builtin:fashion at
-32 px, scored on the validation split, exactly what a search trial sees. Rows land in
+Each new row is one search proxy (the default recipe at ROWS_STEPS = 300 optimizer steps, the search default when
+the rows were measured; seed 0) on builtin:fashion at 32 px, scored on the validation split, what a search trial
+saw then. Rows land in
 benchmarks/data/fashion_search_rows.json one by one (atomically): an interrupted run resumes where it stopped.
 10-60 s per row on 2 cores (the cost grows along the bins), so 200 rows are about 2 hours alone.
 
@@ -40,7 +41,6 @@ from proxy_fidelity import ROWS_FILE as FIDELITY_ROWS
 import search_space as ss
 from bneck_common.paths import atomic_write, cache_dir
 from evaluators import ProxyTrainer, Recipe, load_data
-from evaluators.trainer import DEFAULT_STEPS
 from search_space.encoding import ABSENT
 
 DATA = "builtin:fashion"
@@ -49,6 +49,7 @@ BINS = 10
 TILT_SD = 0.2  # of the decision's index range: t = 0 gives nearly-smallest archs, t = 1 nearly-largest
 ORDERED = ("depth", "width", "kernel", "expand")  # decisions whose later choices cost more
 ROWS_FILE = Path(__file__).resolve().parent / "data" / "fashion_search_rows.json"
+ROWS_STEPS = 300  # the rows' proxy budget: the search default (DEFAULT_STEPS) when they were measured
 
 
 def small_space() -> ss.SearchSpace:
@@ -130,7 +131,7 @@ def fidelity_rows(space: ss.SearchSpace) -> list[dict[str, Any]]:
     doc = json.loads(FIDELITY_ROWS.read_text())
     out = []
     for r in doc["rows"]:
-        m = r.get("proxy", {}).get(str(DEFAULT_STEPS), {}).get("0")
+        m = r.get("proxy", {}).get(str(ROWS_STEPS), {}).get("0")
         if m and space.contains(ss.Arch.parse(r["arch"])):
             out.append({"arch": r["arch"], "arch_id": r["arch_id"], "top1": m["top1"], "loss": m["loss"],
                         "failed": m["failed"], "train_s": m["train_s"], "params": r["params"], "madds": r["madds"],
@@ -151,11 +152,11 @@ def main() -> None:
     space = small_space()
     rows_path = Path(args.rows)
     doc = (json.loads(rows_path.read_text()) if rows_path.is_file() else
-           {"space": space.name, "data": DATA, "resolution": RESOLUTION, "steps": DEFAULT_STEPS, "seed": 0,
+           {"space": space.name, "data": DATA, "resolution": RESOLUTION, "steps": ROWS_STEPS, "seed": 0,
             "rows": []})
-    if (doc["data"], doc["resolution"], doc["steps"]) != (DATA, RESOLUTION, DEFAULT_STEPS):
+    if (doc["data"], doc["resolution"], doc["steps"]) != (DATA, RESOLUTION, ROWS_STEPS):
         raise SystemExit(f"{rows_path} holds rows of {doc['data']} at {doc['resolution']} px with {doc['steps']} "
-                         f"steps, not {DATA} at {RESOLUTION} px with {DEFAULT_STEPS}: pass --rows to start afresh")
+                         f"steps, not {DATA} at {RESOLUTION} px with {ROWS_STEPS}: pass --rows to start afresh")
     have = {r["arch_id"] for r in doc["rows"]}
     doc["rows"] += [r for r in fidelity_rows(space) if r["arch_id"] not in have]
     existing = [(r["arch_id"], r["madds"]) for r in doc["rows"]]
@@ -172,7 +173,7 @@ def main() -> None:
         atomic_write(rows_path, json.dumps(doc, indent=1) + "\n")
 
     data = load_data(DATA, resolution=RESOLUTION, seed=0)
-    trainer = ProxyTrainer(Recipe(threads=args.threads), cache_dir=cache_dir())
+    trainer = ProxyTrainer(Recipe(steps=ROWS_STEPS, threads=args.threads), cache_dir=cache_dir())
     t0 = time.perf_counter()
     for i, arch in enumerate(todo):
         res = trainer.evaluate(arch, data, seed=0)

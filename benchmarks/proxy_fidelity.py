@@ -20,7 +20,8 @@ History: the first version trained on builtin:fashion:10000 with 2,000 validatio
 disagreed as much as the proxy disagreed with the truth. Hence this version, and fashion subsets that keep the
 full validation split (evaluators/data.py). With all 34 archs the 300-step proxy ranked at τ 0.33, below MAdds
 alone (0.52): its seed std (0.8 points) exceeds the spread of the truth (std 0.6 points over the 34). Hence the
-600-step budget, about the longest whose trial stays near the 60 s aim (measured: 64 s median).
+600-step budget, about the longest whose trial stays near the 60 s aim (measured: 64 s median in NCHW, 25 s in
+channels-last, benchmarks/channels_last.py), the search default since 2026-12-07.
 
 Beyond MAdds (`budgets[*].beyond_madds`): the proxy's top-1 about a least-squares line in log MAdds scatters by
 1.14 / 0.76 / 0.45 points at 150 / 300 / 600 steps, against seed stds of 1.34 / 0.80 / 0.33. At 150 and 300 steps
@@ -60,7 +61,7 @@ from evaluators.trainer import DEFAULT_STEPS
 DATA = "builtin:fashion"
 RESOLUTION = 32
 PROXY_STEPS = (150, 300, 600)  # the candidate search budgets (DEFAULT_STEPS is one of them)
-LONG_STEPS = 1200  # 4x the 300-step default; only 2x the 600-step candidate, added once 300 steps ranked poorly
+LONG_STEPS = 1200  # 4x the old 300-step default; only 2x today's 600-step default (added once 300 ranked poorly)
 V3_SMALL_ALPHAS = (0.5, 0.75, 1.0, 1.25)
 ROWS_FILE = Path(__file__).resolve().parent / "data" / "fashion_small_space_rows.json"
 RESULTS_FILE = Path(__file__).resolve().parent / "results" / "proxy_fidelity.json"

@@ -10,7 +10,7 @@ Stages (each resumable: rerun the same command; `--stage` runs one):
    sampled + V3-Small at 4 widths, each trained LONG_STEPS standalone and scored on fashion's test split) scored
    on each supernet (BN recalibrated on 256 training images, top-1 on the validation split, which the supernet
    never saw) at several validation sizes: Kendall τ against the long training's test top-1, beside the τ of
-   the search's standalone proxy (300 steps) on the same rows and the long training's own seed-to-seed τ.
+   the search's standalone proxy (DEFAULT_STEPS) on the same rows and the long training's own seed-to-seed τ.
 3. throughput: candidates scored per minute on 2 cores at the chosen validation size, 60 random architectures.
 4. search: `bneck search` with `evaluator: supernet` on the best-ranking supernet, `--candidates` trials per
    strategy, V3-Small's predicted latency as the hard ceiling (as benchmarks/fashion_search.py): evolution with

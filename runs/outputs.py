@@ -180,7 +180,7 @@ def _plot(path: Path, frame: pd.DataFrame, done: pd.DataFrame, front: pd.DataFra
 
 
 def _budget(cfg: dict[str, Any]) -> str:
-    """The proxy budget of a saved config: '300 steps' or '3 epochs' (older runs have epochs only)."""
+    """The proxy budget of a saved config: '600 steps' or '3 epochs' (older runs have epochs only)."""
     if isinstance(cfg.get("steps"), int):
         return f"{cfg['steps']} steps"
     if isinstance(cfg.get("epochs"), int | float):

@@ -24,7 +24,7 @@ from runs.rundir import RunDir
 # The main job: evolution with a small population, so that a dozen trials are more than random sampling. On
 # builtin:fashion (Fashion-MNIST's 10k subset) where Debian's dataset-fashion-mnist is installed; builtin:digits
 # (always there, but saturating: nearly every net scores 97-98%) where it is not. Both fit 10 minutes from an empty
-# cache on a 2-core VM, table build included: that is why the fashion proxy is 100 steps, a third of the search
+# cache on a 2-core VM, table build included: that is why the fashion proxy is 100 steps, a sixth of the search
 # default (benchmarks/proxy_fidelity.py measures what that costs in ranking fidelity).
 MAIN_JOB_FASHION: dict[str, Any] = {
     "name": "main", "space": "mobilenet_v3_small_space", "data": "builtin:fashion:10000", "resolution": 32,
