@@ -77,12 +77,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    seeds = [int(s) for s in args.seeds.split(",")]
-    budgets = [int(s) for s in args.steps.split(",")]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+        budgets = [int(s) for s in args.steps.split(",")]
+    except ValueError:
+        ap.error(f"--seeds {args.seeds!r} / --steps {args.steps!r}: comma-separated integers, e.g. 0,1 and 300,600")
     out = Path(args.out) if args.out else RESULTS / "channels_last.json"
     settings = {"data": DATA, "resolution": RESOLUTION, "threads": args.threads, "seeds": seeds, "steps": budgets}
     prior = json.loads(out.read_text()) if out.is_file() else {}
-    pairs: list[dict[str, Any]] = prior.get("pairs", []) if prior.get("settings") == settings else []
+    if prior and prior.get("settings") != settings:  # never overwrite measured pairs of other settings
+        ap.error(f"{out} holds pairs of other settings ({prior.get('settings')}): pass --out to write elsewhere")
+    pairs: list[dict[str, Any]] = prior.get("pairs", [])
     done = {(p["net"], p["seed"], p["steps"]) for p in pairs}
     data = load_data(DATA, resolution=RESOLUTION, seed=0)
     todo = [(name, arch, seed, steps) for name, arch in nets() for steps in budgets for seed in seeds]
