@@ -46,6 +46,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -129,24 +130,32 @@ def truth_summary(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
     and that truth's own seed noise and ceiling (its seed pairs)."""
     full = [r for r in rows if "0" in r.get(key, {})]
     truth = [r[key]["0"]["test"] for r in full]
+    # The proxy budgets, and every shorter truth's validation score as one more budget (a 1,200-step trial is
+    # what the 2,400-step truth can judge: 4x rules out a 4,800-step truth here, so it is only 2x)
+    sources: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+        str(steps): (lambda r, k=str(steps): {sd: {"top1": v["top1"], "trial_s": v.get("trial_s", v["train_s"])}
+                                             for sd, v in r["proxy"].get(k, {}).items()}) for steps in PROXY_STEPS}
+    for short_key, steps in TRUTHS.items():
+        if steps < TRUTHS[key]:
+            sources[str(steps)] = lambda r, k=short_key: {sd: {"top1": v["val"], "trial_s": v["train_s"]}
+                                                          for sd, v in r.get(k, {}).items()}
     budgets = {}
-    for steps in PROXY_STEPS:
-        skey = str(steps)
-        have = [r for r in full if "0" in r["proxy"].get(skey, {})]
-        proxy = [r["proxy"][skey]["0"]["top1"] for r in have]
-        pairs = [(r["proxy"][skey]["0"]["top1"], r["proxy"][skey]["1"]["top1"]) for r in have
-                 if "1" in r["proxy"][skey]]
-        trial_s = [r["proxy"][skey]["0"].get("trial_s", r["proxy"][skey]["0"]["train_s"]) for r in have]
+    for skey, measured in sources.items():
+        have = [(r, measured(r)) for r in full if "0" in measured(r)]
+        proxy = [m["0"]["top1"] for _, m in have]
+        pairs = [(m["0"]["top1"], m["1"]["top1"]) for _, m in have if "1" in m]
+        trial_s = [m["0"]["trial_s"] for _, m in have]
         seed_std = pooled_seed_std(pairs)
-        ys = [r[key]["0"]["test"] for r in have]
+        ys = [r[key]["0"]["test"] for r, _ in have]
         budgets[skey] = {
             "n": len(have), "kendall_tau": tau(proxy, ys),
             "spearman": _finite(spearmanr(proxy, ys).statistic) if len(have) >= 3 else None,
             "seed_std": seed_std, "seed_pairs": len(pairs),
-            "beyond_madds": beyond_madds(proxy, [float(r["madds"]) for r in have], ys, seed_std),
+            "beyond_madds": beyond_madds(proxy, [float(r["madds"]) for r, _ in have], ys, seed_std),
             "trial_s_median": float(np.median(trial_s)) if trial_s else None,
             "trial_s_max": float(np.max(trial_s)) if trial_s else None,
-            "top1_range": [float(min(proxy)), float(max(proxy))] if proxy else None}
+            "top1_range": [float(min(proxy)), float(max(proxy))] if proxy else None,
+            "ratio_to_truth": TRUTHS[key] / int(skey)}
     pairs = [(r[key]["0"]["test"], r[key]["1"]["test"]) for r in full if "1" in r[key]]
     zero_cost = {}
     for name in PROXIES:
