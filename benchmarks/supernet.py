@@ -42,6 +42,7 @@ from scipy.stats import kendalltau
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, write
 from fashion_search import LONG_STEPS, latency_setup, long_top1
+from proxy_fidelity import ROWS_FILE, TRUTHS
 
 import search_space as ss
 from bneck_common.paths import RUNS_DIR, atomic_write
@@ -52,7 +53,6 @@ from runs.rundir import RunDir
 
 DATA = "builtin:fashion"
 RESOLUTION = 32
-ROWS_FILE = Path(__file__).resolve().parent / "data" / "fashion_small_space_rows.json"
 # About equal CPU time per rule (measured here: a sandwich step of 4 subnets costs 3.4x a SPOS step)
 RULE_STEPS = {"sandwich": 1500, "spos": 5000}
 VAL_SIZES = (1000, 2000, None)  # None: the whole validation split (12,000 images)
@@ -99,21 +99,28 @@ def stage_train(work: Work, data: Any, rules: list[str], quick: bool) -> None:
         work.save()
 
 
-def long_truth(row: dict[str, Any]) -> float | None:
-    tests = [v["test"] for v in row.get("long", {}).values() if not v.get("failed")]
+def truth_key(rows: list[dict[str, Any]]) -> str:
+    """The proxy-fidelity truth the ranks are judged by: its 2,400-step one ("longer") once every row has it,
+    as proxy_fidelity.py's headline does, else the 1,200-step one ("long")."""
+    return "longer" if rows and all(row.get("longer") for row in rows) else "long"
+
+
+def long_truth(row: dict[str, Any], key: str = "long") -> float | None:
+    tests = [v["test"] for v in row.get(key, {}).values() if not v.get("failed")]
     return float(np.mean(tests)) if tests else None
 
 
-def ranked_rows() -> list[dict[str, Any]]:
+def ranked_rows() -> tuple[list[dict[str, Any]], str]:
     """The proxy-fidelity rows with a long training whose architecture is in the space (V3-Small at α 1.0 is; its
-    other widths change the stem, which the space keeps fixed)."""
+    other widths change the stem, which the space keeps fixed), and the key of the truth to rank them by."""
     sp = space()
-    return [r for r in json.loads(ROWS_FILE.read_text())["rows"]
+    rows = [r for r in json.loads(ROWS_FILE.read_text())["rows"]
             if long_truth(r) is not None and sp.contains(ss.Arch.parse(r["arch"]))]
+    return rows, truth_key(rows)
 
 
 def stage_rank(work: Work, data: Any, rules: list[str]) -> None:
-    rows = ranked_rows()
+    rows, key = ranked_rows()
     for rule in rules:
         supernet, _ = load_supernet(work.path / f"train-{rule}")
         slot = work.doc.setdefault("rank", {}).setdefault(rule, {})
@@ -127,26 +134,26 @@ def stage_rank(work: Work, data: Any, rules: list[str]) -> None:
                 scores[r["arch_id"]] = scorer.score(ss.Arch.parse(r["arch"]))[0]
                 work.save()
             have = [r for r in rows if r["arch_id"] in scores]
-            t = _tau([scores[r["arch_id"]] for r in have], [long_truth(r) for r in have])  # type: ignore[misc]
+            t = _tau([scores[r["arch_id"]] for r in have], [long_truth(r, key) for r in have])  # type: ignore[misc]
             print(f"rank {rule} val {key}: τ {t} over {len(have)} archs", flush=True)
 
 
 def rank_summary(work: Work, rules: list[str]) -> dict[str, Any]:
-    rows = ranked_rows()
-    truth = {r["arch_id"]: long_truth(r) for r in rows}
+    rows, key = ranked_rows()
+    truth = {r["arch_id"]: long_truth(r, key) for r in rows}
     proxy = {r["arch_id"]: r["proxy"][str(DEFAULT_STEPS)]["0"]["top1"] for r in rows
              if "0" in r.get("proxy", {}).get(str(DEFAULT_STEPS), {})}
-    pairs = [(r["long"]["0"]["test"], r["long"]["1"]["test"]) for r in rows if "1" in r["long"]]
+    pairs = [(r[key]["0"]["test"], r[key]["1"]["test"]) for r in rows if "1" in r.get(key, {})]
     out: dict[str, Any] = {
-        "n_rows": len(rows),
+        "n_rows": len(rows), "truth": key, "truth_steps": TRUTHS[key],
         "proxy_kendall_tau": _tau([proxy[a] for a in proxy], [truth[a] for a in proxy]),
         "long_self_tau": _tau([a for a, _ in pairs], [b for _, b in pairs]), "long_seed_pairs": len(pairs),
         "rules": {}}
     for rule in rules:
         per_val = {}
-        for key, scores in work.doc.get("rank", {}).get(rule, {}).items():
+        for val_key, scores in work.doc.get("rank", {}).get(rule, {}).items():
             ids = [a for a in scores if a in truth]
-            per_val[key] = {"n": len(ids), "kendall_tau": _tau([scores[a] for a in ids], [truth[a] for a in ids]),
+            per_val[val_key] = {"n": len(ids), "kendall_tau": _tau([scores[a] for a in ids], [truth[a] for a in ids]),
                             "top1_range": [min(scores[a] for a in ids), max(scores[a] for a in ids)] if ids else None}
         out["rules"][rule] = per_val
     return out
