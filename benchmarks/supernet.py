@@ -42,7 +42,7 @@ from scipy.stats import kendalltau
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, write
 from fashion_search import LONG_STEPS, latency_setup, long_top1
-from proxy_fidelity import ROWS_FILE, TRUTHS
+from proxy_fidelity import ROWS_FILE, TRUTHS, headline_key
 
 import search_space as ss
 from bneck_common.paths import RUNS_DIR, atomic_write
@@ -99,12 +99,6 @@ def stage_train(work: Work, data: Any, rules: list[str], quick: bool) -> None:
         work.save()
 
 
-def truth_key(rows: list[dict[str, Any]]) -> str:
-    """The proxy-fidelity truth the ranks are judged by: its 2,400-step one ("longer") once every row has it,
-    as proxy_fidelity.py's headline does, else the 1,200-step one ("long")."""
-    return "longer" if rows and all(row.get("longer") for row in rows) else "long"
-
-
 def long_truth(row: dict[str, Any], key: str = "long") -> float | None:
     tests = [v["test"] for v in row.get(key, {}).values() if not v.get("failed")]
     return float(np.mean(tests)) if tests else None
@@ -116,7 +110,7 @@ def ranked_rows() -> tuple[list[dict[str, Any]], str]:
     sp = space()
     rows = [r for r in json.loads(ROWS_FILE.read_text())["rows"]
             if long_truth(r) is not None and sp.contains(ss.Arch.parse(r["arch"]))]
-    return rows, truth_key(rows)
+    return rows, headline_key(rows, 0)  # proxy_fidelity's headline truth (seed pairs not needed here)
 
 
 def stage_rank(work: Work, data: Any, rules: list[str]) -> None:
