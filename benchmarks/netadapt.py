@@ -78,22 +78,23 @@ def _init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def scratch_top1(arch_text: str, data_spec: str, steps: int, seed: int, threads: int) -> float:
+def scratch_top1(arch_text: str, data_spec: str, data_seed: int, steps: int, seed: int, threads: int) -> float:
     """Test top-1 of `arch` trained from scratch with the default recipe for `steps` (eval cache)."""
     from evaluators import ProxyTrainer, Recipe, load_data
 
-    data = load_data(data_spec, resolution=RESOLUTION, seed=0, progress=False)
+    data = load_data(data_spec, resolution=RESOLUTION, seed=data_seed, progress=False)
     trainer = ProxyTrainer(Recipe(steps=steps, threads=threads), cache_dir=cache_dir())
     res = trainer.evaluate(ss.Arch.parse(arch_text), data, seed=seed, return_model=True)
     return 0.0 if res.failed else float(trainer.score(res.model, data, "test")[0])  # type: ignore[arg-type]
 
 
-def finetuned_top1(arch_text: str, weights: bytes, data_spec: str, steps: int, seed: int, threads: int) -> float:
+def finetuned_top1(arch_text: str, weights: bytes, data_spec: str, data_seed: int, steps: int, seed: int,
+                   threads: int) -> float:
     """Test top-1 of the pruned network after a `steps` fine-tune on the whole training split."""
     from evaluators import ProxyTrainer, Recipe, load_data, trained_arch
     from searchers.netadapt import load_model
 
-    data = load_data(data_spec, resolution=RESOLUTION, seed=0, progress=False)
+    data = load_data(data_spec, resolution=RESOLUTION, seed=data_seed, progress=False)
     arch = trained_arch(ss.Arch.parse(arch_text), data)
     trainer = ProxyTrainer(Recipe(steps=steps, lr=LONG_LR, warmup_fraction=0.0, threads=threads))
     result, model = trainer.fine_tune(arch, load_model(arch, weights), data, seed=seed)
@@ -175,8 +176,13 @@ def uniform_alpha(table: lat.LatencyTable, model: lat.LatencyModel, netadapt: ss
 # ---- NetAdapt ----------------------------------------------------------------------------------------------------
 def informativeness(run_dir: Path, holdout_n: int) -> dict[str, Any]:
     """Per iteration: spread (max - min) of the non-failed proposals' held-out top-1 against the holdout's binomial
-    standard error at their mean; an iteration is informative when the spread exceeds 2 SE."""
+    standard error at their mean; an iteration is informative when the spread exceeds 2 SE.
+
+    And what the short-term fine-tune changes: Kendall τ between the proposals' held-out top-1 right after the cut
+    and after the fine-tune, and whether the best proposal is the same by both. A low τ says a run with (almost)
+    no fine-tune steps, like the main job's, would rank its proposals differently."""
     import pandas as pd
+    from scipy.stats import kendalltau
 
     props = pd.read_parquet(run_dir / "proposals.parquet")
     rows = []
@@ -184,17 +190,26 @@ def informativeness(run_dir: Path, holdout_n: int) -> dict[str, Any]:
         p = float(g["top1"].mean())
         se = float(np.sqrt(p * (1 - p) / holdout_n))
         spread = float(g["top1"].max() - g["top1"].min())
+        tau = kendalltau(g["top1_before"], g["top1"]).statistic if len(g) > 2 else float("nan")
         rows.append({"iteration": int(i), "proposals": len(g), "spread": spread, "holdout_se": se,
-                     "cut_top1_mean": float(g["top1_before"].mean()), "tuned_top1_mean": p,
-                     "collapsed": int(g["collapsed"].sum())})
+                     "cut_top1_mean": float(g["top1_before"].mean()), "cut_top1_min": float(g["top1_before"].min()),
+                     "tuned_top1_mean": p, "collapsed": int(g["collapsed"].sum()),
+                     "cut_tuned_tau": float(tau) if np.isfinite(tau) else None,
+                     "same_best_cut_and_tuned": bool(g["top1_before"].idxmax() == g["top1"].idxmax())})
     share = float(np.mean([r["spread"] > 2 * r["holdout_se"] for r in rows])) if rows else 0.0
-    return {"iterations": rows, "informative_share": share}
+    taus = [r["cut_tuned_tau"] for r in rows if r["cut_tuned_tau"] is not None]
+    return {"iterations": rows, "informative_share": share,
+            "cut_tuned_tau_median": float(np.median(taus)) if taus else None,
+            "same_best_share": float(np.mean([r["same_best_cut_and_tuned"] for r in rows])) if rows else None}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default="builtin:fashion")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--replicate", type=int, default=0,
+                    help="an independent repeat: R seeds the train/val split, the holdout, the start's training and "
+                         "NetAdapt (0: run 4's); R > 0 writes netadapt_replicateR.json")
     ap.add_argument("--targets", type=float, nargs="+", default=list(TARGETS))
     ap.add_argument("--short-steps", type=int, default=SHORT_STEPS)
     ap.add_argument("--step-frac", type=float, default=STEP_FRAC)
@@ -208,7 +223,8 @@ def main() -> None:
     start_steps, long_steps = START_STEPS, LONG_STEPS
     if args.dir is None:
         args.dir = RUNS_DIR / (f"bench-netadapt-{args.data.split(':')[-1]}-s{start_steps}-h{HOLDOUT:g}"
-                               f"-k{args.short_steps}-d{args.step_frac:g}-l{long_steps}")
+                               f"-k{args.short_steps}-d{args.step_frac:g}-l{long_steps}"
+                               + (f"-r{args.replicate}" if args.replicate else ""))
     if args.quick:
         start_steps, long_steps, args.short_steps, args.seeds, args.targets = 100, 30, 5, 2, [0.9]
         args.step_frac, args.rounds, args.dir = 0.05, 6, args.dir.with_name(args.dir.name + "-quick")
@@ -220,17 +236,18 @@ def main() -> None:
 
     args.dir.mkdir(parents=True, exist_ok=True)
     table, table_path = load_table()
-    data = load_data(args.data, resolution=RESOLUTION, seed=0)
-    held = holdout_split(data, HOLDOUT, seed=0)
+    rep = args.replicate  # the data split, the holdout and the start's training seed (NetAdapt's settings.seed)
+    data = load_data(args.data, resolution=RESOLUTION, seed=rep)
+    held = holdout_split(data, HOLDOUT, seed=rep)
     model = lat.LatencyModel(table)
     start_arch = ss.mobilenet_v3_small(1.0, RESOLUTION, data.num_classes)
     trainer = ProxyTrainer(Recipe(steps=start_steps, threads=2), cache_dir=cache_dir())
-    trained = trainer.evaluate(start_arch, held, seed=0, return_model=True)
+    trained = trainer.evaluate(start_arch, held, seed=rep, return_model=True)
     top1_start = float(trainer.score(trained.model, data, "test")[0])  # type: ignore[arg-type]
     start_ms = model.ms(start_arch)
     print(f"start: V3-Small {start_steps} steps on {len(held.y_train)} images: test top-1 {100 * top1_start:.2f}%, "
           f"predicted {start_ms:.3f} ms", flush=True)
-    start = Start(start_arch, state_bytes(trained.model), None, args.data, RESOLUTION, 0, "cpu", "benchmark start")
+    start = Start(start_arch, state_bytes(trained.model), None, args.data, RESOLUTION, rep, "cpu", "benchmark start")
 
     jobs = Jobs(args.dir / "done.json", 2)
     per_target: dict[str, dict[str, Any]] = {}
@@ -247,7 +264,7 @@ def main() -> None:
             final = ss.Arch.parse(summary["final_arch"])
             weights = (run_dir / "final" / "weights.pt").read_bytes()
             chain_from = chain.origin
-            chain, chain_ms = Start(final, weights, None, args.data, RESOLUTION, 0, "cpu", f"{key} result"), \
+            chain, chain_ms = Start(final, weights, None, args.data, RESOLUTION, rep, "cpu", f"{key} result"), \
                 summary["final_predicted_ms"]
             print(f"{key}: NetAdapt {summary['iterations']} iterations, {summary['final_predicted_ms']:.3f} ms "
                   f"predicted (target {frac * start_ms:.3f}) in {time.perf_counter() - t_na:.0f} s", flush=True)
@@ -257,18 +274,21 @@ def main() -> None:
                   f"{choice['alphas_timed']} measured at {[round(r, 3) for r in choice['alphas_ratio_to_netadapt']]}x "
                   f"NetAdapt's {choice['netadapt_ms_at_choice']:.3f} ms)", flush=True)
             searched = best_searched(args.search_run, summary["final_predicted_ms"])
+            if searched is not None:
+                searched["predicted_ms"] = model.ms(ss.Arch.parse(searched["arch"]))
             seeds = list(range(args.seeds))
             todo: dict[str, tuple[Any, ...]] = {}
             for s in seeds:
-                todo[f"{key}/netadapt/{s}"] = (finetuned_top1, final.to_string(), weights, args.data, long_steps, s, 1)
+                todo[f"{key}/netadapt/{s}"] = (finetuned_top1, final.to_string(), weights, args.data, rep,
+                                               long_steps, s, 1)
                 todo[f"{key}/uniform-a{choice['alpha']:.3f}/{s}"] = (scratch_top1, uniform.to_string(), args.data,
-                                                                     start_steps + long_steps, s, 1)
+                                                                     rep, start_steps + long_steps, s, 1)
                 if choice["bracket_alpha"] is not None:
                     other = ss.mobilenet_v3_small(choice["bracket_alpha"], RESOLUTION, data.num_classes)
                     todo[f"{key}/bracket-a{choice['bracket_alpha']:.3f}/{s}"] = (
-                        scratch_top1, other.to_string(), args.data, start_steps + long_steps, s, 1)
+                        scratch_top1, other.to_string(), args.data, rep, start_steps + long_steps, s, 1)
                 if searched is not None:
-                    todo[f"{key}/searched/{s}"] = (scratch_top1, searched["arch"], args.data,
+                    todo[f"{key}/searched/{s}"] = (scratch_top1, searched["arch"], args.data, rep,
                                                    start_steps + long_steps, s, 1)
             top1 = jobs.run(todo)
             per_target[key] = {"frac": frac, "summary": summary, "final": final, "uniform": uniform,
@@ -292,58 +312,15 @@ def main() -> None:
     measured = dict(zip(names, np.median(passes, axis=0).tolist(), strict=True))
     m_start = measured["start"]
 
-    def stats(key: str, what: str) -> tuple[list[float], float | None, float | None]:
-        vals = [t for k, t in per_target[key]["top1"].items() if k.split("/")[1].split("-")[0] == what]
-        if not vals:
-            return [], None, None
-        return vals, float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else None
-
-    results = {}
-    for key, t in per_target.items():
-        s = t["summary"]
-        na, na_mean, na_std = stats(key, "netadapt")
-        un, un_mean, un_std = stats(key, "uniform")
-        se, se_mean, se_std = stats(key, "searched")
-        br, br_mean, _ = stats(key, "bracket")
-        c = t["choice"]
-        interp = None  # uniform scaling's top-1 at exactly NetAdapt's measured latency, between the two widths
-        if br_mean is not None and un_mean is not None:
-            w = (1.0 - c["ratio"]) / (c["bracket_ratio"] - c["ratio"])
-            interp = float(un_mean + w * (br_mean - un_mean))
-        stds = [x for x in (na_std, un_std) if x is not None]
-        pooled = float(np.sqrt(np.mean(np.square(stds)))) if stds else None
-        target_ms = t["frac"] * start_ms
-        gain = None if na_mean is None or un_mean is None else na_mean - un_mean
-        results[key] = {
-            "target_ms": target_ms, "start_predicted_ms": start_ms, "final_predicted_ms": s["final_predicted_ms"],
-            "predicted_below_target_pct": 100 * (1 - s["final_predicted_ms"] / target_ms),
-            "start_measured_ms": m_start, "final_measured_ms": measured[f"{key}/netadapt"],
-            "measured_target_ms": t["frac"] * m_start,
-            "measured_vs_target_pct": 100 * (measured[f"{key}/netadapt"] / (t["frac"] * m_start) - 1),
-            "uniform_alpha": t["choice"]["alpha"], "uniform_choice": t["choice"],
-            "uniform_predicted_ms": model.ms(t["uniform"]), "uniform_measured_ms": measured[f"{key}/uniform"],
-            "top1_start": top1_start, "top1_netadapt": na_mean, "top1_netadapt_std": na_std,
-            "top1_netadapt_seeds": na, "top1_uniform": un_mean, "top1_uniform_std": un_std, "top1_uniform_seeds": un,
-            "top1_uniform_bracket": br_mean, "top1_uniform_bracket_seeds": br,
-            "top1_uniform_at_equal_latency": interp,
-            "netadapt_minus_uniform_at_equal_latency_points": None if interp is None or na_mean is None
-            else 100 * (na_mean - interp),
-            "pooled_std": pooled, "netadapt_minus_uniform_points": None if gain is None else 100 * gain,
-            "beats_uniform": bool(gain is not None and pooled is not None and gain >= pooled),
-            "drop_from_start_points": None if na_mean is None else 100 * (top1_start - na_mean),
-            "searched": None if t["searched"] is None else {
-                **t["searched"], "predicted_ms": model.ms(ss.Arch.parse(t["searched"]["arch"])),
-                "measured_ms": measured.get(f"{key}/searched"), "top1": se_mean, "top1_std": se_std, "top1_seeds": se},
-            "iterations": s["iterations"], "chained_from": t["chained_from"], "stopped": s["stopped"],
-            "final_arch": s["final_arch"],
-            "informativeness": t["informativeness"], "netadapt_s": t["netadapt_s"], "seeds": t["seeds"],
-            "settings": s["settings"],
-        }
-    doc = {"data": args.data, "quick": args.quick, "start_steps": start_steps, "long_steps": long_steps,
+    results = {key: target_summary(key, t, measured, start_ms, top1_start, model.ms(t["uniform"]))
+               for key, t in per_target.items()}
+    doc = {"data": args.data, "quick": args.quick, "replicate": rep, "start_steps": start_steps,
+           "long_steps": long_steps,
            "holdout": HOLDOUT, "holdout_images": len(held.y_val), "top1_start": top1_start,
            "start_predicted_ms": start_ms, "start_measured_ms": m_start, "measured_passes_ms": passes.tolist(),
            "measured_names": names, "targets": results, "wall_s": time.perf_counter() - t0}
-    path = write("netadapt_quick" if args.quick else "netadapt", doc, args.out)
+    name = "netadapt" + (f"_replicate{rep}" if rep else "") + ("_quick" if args.quick else "")
+    path = write(name, doc, args.out)
     for key in results:  # the trajectories beside the JSON (runs.outputs drew them in each NetAdapt dir)
         png = args.dir / key / "trajectory.png"
         if png.is_file():
@@ -364,6 +341,62 @@ def main() -> None:
                   f" at {_num(r['searched']['measured_ms'])} ms measured")
     print(f"wall {doc['wall_s']:.0f} s -> {path}")
 
+
+
+def _stats(top1: dict[str, float], what: str) -> tuple[list[float], float | None, float | None]:
+    """The test top-1 of one column (`netadapt`, `uniform`, `bracket`, `searched`) of a target's trainings (keys
+    `<target>/<column>[-a<α>]/<seed>`): the values, their mean and their std (ddof 1; None below 2 seeds)."""
+    vals = [v for k, v in top1.items() if k.split("/")[1].split("-")[0] == what]
+    if not vals:
+        return [], None, None
+    return vals, float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else None
+
+
+def target_summary(key: str, t: dict[str, Any], measured: dict[str, float], start_ms: float, top1_start: float,
+                   uniform_predicted_ms: float) -> dict[str, Any]:
+    """One target's row of the JSON from what the run gathered (`t`: NetAdapt's summary, the uniform choice, the
+    trainings' top-1) and the final interleaved timing (`measured`: median ms by name, `start` and `<key>/<what>`).
+    NetAdapt beats uniform scaling when its mean top-1 exceeds uniform's by at least the pooled seed std."""
+    s = t["summary"]
+    m_start = measured["start"]
+    na, na_mean, na_std = _stats(t["top1"], "netadapt")
+    un, un_mean, un_std = _stats(t["top1"], "uniform")
+    se, se_mean, se_std = _stats(t["top1"], "searched")
+    br, br_mean, _ = _stats(t["top1"], "bracket")
+    c = t["choice"]
+    interp = None  # uniform scaling's top-1 at exactly NetAdapt's measured latency, between the two widths
+    if br_mean is not None and un_mean is not None:
+        w = (1.0 - c["ratio"]) / (c["bracket_ratio"] - c["ratio"])
+        interp = float(un_mean + w * (br_mean - un_mean))
+    stds = [x for x in (na_std, un_std) if x is not None]
+    pooled = float(np.sqrt(np.mean(np.square(stds)))) if stds else None
+    target_ms = t["frac"] * start_ms
+    gain = None if na_mean is None or un_mean is None else na_mean - un_mean
+    return {
+        "target_ms": target_ms, "start_predicted_ms": start_ms, "final_predicted_ms": s["final_predicted_ms"],
+        "predicted_below_target_pct": 100 * (1 - s["final_predicted_ms"] / target_ms),
+        "start_measured_ms": m_start, "final_measured_ms": measured[f"{key}/netadapt"],
+        "measured_target_ms": t["frac"] * m_start,
+        "measured_vs_target_pct": 100 * (measured[f"{key}/netadapt"] / (t["frac"] * m_start) - 1),
+        "uniform_alpha": c["alpha"], "uniform_choice": c,
+        "uniform_predicted_ms": uniform_predicted_ms, "uniform_measured_ms": measured[f"{key}/uniform"],
+        "top1_start": top1_start, "top1_netadapt": na_mean, "top1_netadapt_std": na_std,
+        "top1_netadapt_seeds": na, "top1_uniform": un_mean, "top1_uniform_std": un_std, "top1_uniform_seeds": un,
+        "top1_uniform_bracket": br_mean, "top1_uniform_bracket_seeds": br,
+        "top1_uniform_at_equal_latency": interp,
+        "netadapt_minus_uniform_at_equal_latency_points": None if interp is None or na_mean is None
+        else 100 * (na_mean - interp),
+        "pooled_std": pooled, "netadapt_minus_uniform_points": None if gain is None else 100 * gain,
+        "beats_uniform": bool(gain is not None and pooled is not None and gain >= pooled),
+        "drop_from_start_points": None if na_mean is None else 100 * (top1_start - na_mean),
+        "searched": None if t["searched"] is None else {
+            **t["searched"], "measured_ms": measured.get(f"{key}/searched"), "top1": se_mean, "top1_std": se_std,
+            "top1_seeds": se},
+        "iterations": s["iterations"], "chained_from": t["chained_from"], "stopped": s["stopped"],
+        "final_arch": s["final_arch"],
+        "informativeness": t["informativeness"], "netadapt_s": t["netadapt_s"], "seeds": t["seeds"],
+        "settings": s["settings"],
+    }
 
 def best_searched(run: Path, max_ms: float) -> dict[str, Any] | None:
     """The search run's best completed non-reference trial predicted at or below `max_ms` (None: no such run)."""

@@ -114,13 +114,13 @@ def ranked_rows() -> tuple[list[dict[str, Any]], str]:
 
 
 def stage_rank(work: Work, data: Any, rules: list[str]) -> None:
-    rows, key = ranked_rows()
+    rows, truth_key = ranked_rows()
     for rule in rules:
         supernet, _ = load_supernet(work.path / f"train-{rule}")
         slot = work.doc.setdefault("rank", {}).setdefault(rule, {})
         for val in VAL_SIZES:
-            key = str(val or "all")
-            scores = slot.setdefault(key, {})
+            val_key = str(val or "all")
+            scores = slot.setdefault(val_key, {})
             scorer = SupernetScorer(supernet, data, CALIB_IMAGES, val)
             for r in rows:
                 if r["arch_id"] in scores:
@@ -128,8 +128,10 @@ def stage_rank(work: Work, data: Any, rules: list[str]) -> None:
                 scores[r["arch_id"]] = scorer.score(ss.Arch.parse(r["arch"]))[0]
                 work.save()
             have = [r for r in rows if r["arch_id"] in scores]
-            t = _tau([scores[r["arch_id"]] for r in have], [long_truth(r, key) for r in have])  # type: ignore[misc]
-            print(f"rank {rule} val {key}: τ {t} over {len(have)} archs", flush=True)
+            t = _tau([scores[r["arch_id"]] for r in have],
+                     [long_truth(r, truth_key) for r in have])  # type: ignore[misc]
+            print(f"rank {rule} val {val_key}: τ {t} against the {truth_key} truth over {len(have)} archs",
+                  flush=True)
 
 
 def rank_summary(work: Work, rules: list[str]) -> dict[str, Any]:
