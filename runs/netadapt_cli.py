@@ -50,7 +50,8 @@ def print_summary(s: dict[str, Any]) -> None:
 @click.option("--decay", type=float, default=1.0, show_default=True, help="δ_i = δ_0·decay^i (NetAdapt: < 1).")
 @click.option("--selection", type=click.Choice(["ratio", "accuracy"]), default="ratio", show_default=True,
               help="ratio: max ΔAcc/|ΔLat| (MobileNetV3); accuracy: max accuracy (NetAdapt).")
-@click.option("--short-steps", type=int, default=10, show_default=True, help="Short-term fine-tune steps.")
+@click.option("--short-steps", type=int, default=100, show_default=True,
+              help="Short-term fine-tune steps (benchmarks/netadapt.py: 100 ranked every iteration beyond noise).")
 @click.option("--short-lr", type=float, default=0.01, show_default=True)
 @click.option("--long-epochs", type=float, default=2.0, show_default=True, help="Long-term fine-tune epochs.")
 @click.option("--long-lr", type=float, default=0.05, show_default=True)

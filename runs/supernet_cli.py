@@ -49,7 +49,7 @@ def supernet_group() -> None:
               help="Optimizer steps (a sandwich step trains 2 + --random-subnets subnets).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--lr", type=float, default=0.1, show_default=True)
-@click.option("--rule", type=click.Choice(RULES), default="sandwich", show_default=True,
+@click.option("--rule", type=click.Choice(RULES), default=SupernetRecipe().rule, show_default=True,
               help="sandwich: largest + smallest + random subnets, in-place distillation; spos: one random subnet.")
 @click.option("--random-subnets", type=click.IntRange(min=0), default=2, show_default=True)
 @click.option("--no-distill", is_flag=True, help="Sandwich: every subnet learns from the labels.")

@@ -161,7 +161,7 @@ class NetAdaptSettings:
     step_frac: float = 0.01  # δ_0 = step_frac * starting latency (MobileNetV3)
     decay: float = 1.0  # δ_i = δ_0 * decay**i (NetAdapt's decaying schedule when < 1)
     selection: str = "ratio"  # ratio: max ΔAcc/|ΔLat| (MobileNetV3); accuracy: max accuracy (NetAdapt)
-    short_steps: int = 10  # short-term fine-tune steps per proposal (paper: 10k on ImageNet)
+    short_steps: int = 100  # short-term fine-tune steps per proposal (paper: 10k on ImageNet; why 100: NetAdaptStep)
     short_lr: float = 0.01
     long_epochs: float = 2.0  # long-term fine-tune of the result (0: none)
     long_lr: float = 0.05

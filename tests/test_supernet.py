@@ -139,7 +139,7 @@ def digits() -> object:
     return load_data("builtin:digits", resolution=32)
 
 
-TINY = SupernetRecipe(recipe=Recipe(steps=6, batch_size=16), random_subnets=1, checkpoint_every=2)
+TINY = SupernetRecipe(recipe=Recipe(steps=6, batch_size=16), rule="sandwich", random_subnets=1, checkpoint_every=2)
 
 
 def test_step_randomness_depends_only_on_seed_and_step() -> None:
@@ -166,7 +166,7 @@ def test_training_resumes_bit_for_bit_and_refuses_other_settings(digits: object,
     assert all(torch.equal(a[k], b[k]) for k in a)
     loaded, meta = load_supernet(tmp_path / "whole")  # type: ignore[operator]
     assert meta["step"] == 6 and all(torch.equal(a[k], loaded.state_dict()[k]) for k in a)
-    other = SupernetRecipe(recipe=Recipe(steps=6, batch_size=16, lr=0.05), random_subnets=1)
+    other = SupernetRecipe(recipe=Recipe(steps=6, batch_size=16, lr=0.05), rule="sandwich", random_subnets=1)
     with pytest.raises(SupernetError, match=r"recipe\.recipe\.lr differs"):
         train_supernet(space, digits, other, out_dir=tmp_path / "whole")  # type: ignore[operator]
 
