@@ -50,7 +50,7 @@ EXPORT_FORMATS = ("json", "onnx", "torchscript", "timm")
 
 class NetAdaptStep(BaseModel):
     """NetAdapt on the best trial after the search (`netadapt: null` skips it). Defaults are the main job's: δ 3%
-    (4 iterations to 90%), the 100-step short-term fine-tunes and guard rails of benchmarks/netadapt.py, 2 long
+    (3–4 iterations to 90%), the 100-step short-term fine-tunes and guard rails of benchmarks/netadapt.py, 2 long
     epochs. Why 100 steps: there every iteration's proposals spread beyond twice the holdout's standard error,
     while their top-1 right after the cut (what a 5-step fine-tune sees) ranks them at median τ 0.53 / 0.71 to the
     fine-tuned ranking and picks the same best in 0 / 2 of 9 / 10 iterations (80% / 60% targets)."""
