@@ -4,7 +4,7 @@ benchmarks/supernet.py's `rl` search (2,000 candidates over the SPOS supernet, T
 ceiling at V3-Small's predicted latency) sampled 115 distinct architectures in its first 250 trials and 1 in each
 of its last 1,250: the policy collapsed, and its best by reward was V3-Small itself (the seed trial). Re-running
 that search per setting costs 10 minutes each, so this benchmark replays it on a surrogate: ridge regressions on
-one-hot decisions fitted to that benchmark's 4,000 supernet-scored trials (top-1 and predicted latency), the same
+the predictor's features fitted to that benchmark's 4,000 supernet-scored trials (top-1 and predicted latency), the same
 reward and ceiling (over-ceiling trials get the controller's constraint reward, minus the violation), 2,000
 candidates per run, 4 seeds per setting, and random sampling (learning rate ~0) as the floor.
 
@@ -30,6 +30,7 @@ from _common import write
 import search_space as ss
 from bneck_common.paths import RUNS_DIR
 from searchers.controller import ControllerSampler
+from searchers.predictor import features as predictor_features
 from searchers.reward import Reward
 
 # (learning rate, entropy weight): the default (0.01, 1e-3), a 10x smaller step, a 50x entropy bonus, random
@@ -38,28 +39,22 @@ RIDGE = 1.0
 
 
 class Surrogate:
-    """Top-1 and predicted latency as ridge regressions on the one-hot decision vector."""
+    """Top-1 and predicted latency as ridge regressions on the predictor's features (`searchers.predictor`:
+    one-hot decisions, log params, log MAdds) plus an intercept."""
 
     def __init__(self, space: ss.SearchSpace, frame: pd.DataFrame) -> None:
         self.space = space
-        card = space.cardinalities
-        self.offsets = np.concatenate([[0], np.cumsum(card)[:-1]])
-        self.width = int(card.sum()) + 1
-        x = np.array([self.features(space.encode(ss.Arch.parse(a))) for a in frame["arch"]])
+        x = self.features(np.array([space.encode(ss.Arch.parse(a)) for a in frame["arch"]]))
+        eye = RIDGE * np.eye(x.shape[1])
         ok = frame["accuracy"].notna().to_numpy()
-        gram = x[ok].T @ x[ok] + RIDGE * np.eye(self.width)
-        self.w_top1 = np.linalg.solve(gram, x[ok].T @ frame["accuracy"].to_numpy()[ok])
-        self.w_ms = np.linalg.solve(x.T @ x + RIDGE * np.eye(self.width), x.T @ frame["latency_ms"].to_numpy())
+        self.w_top1 = np.linalg.solve(x[ok].T @ x[ok] + eye, x[ok].T @ frame["accuracy"].to_numpy()[ok])
+        self.w_ms = np.linalg.solve(x.T @ x + eye, x.T @ frame["latency_ms"].to_numpy())
         self.fit_r = {"top1": float(np.corrcoef(x[ok] @ self.w_top1, frame["accuracy"].to_numpy()[ok])[0, 1]),
                       "latency": float(np.corrcoef(x @ self.w_ms, frame["latency_ms"].to_numpy())[0, 1])}
 
-    def features(self, vector: np.ndarray) -> np.ndarray:
-        x = np.zeros(self.width)
-        x[-1] = 1.0
-        for k, c in enumerate(vector):
-            if c >= 0:
-                x[self.offsets[k] + c] = 1.0
-        return x
+    def features(self, encoded: np.ndarray) -> np.ndarray:
+        x = predictor_features(self.space, encoded)
+        return np.hstack([x, np.ones((len(x), 1))])
 
 
 def replay(space: ss.SearchSpace, sur: Surrogate, reward: Reward, ceiling_ms: float, lr: float, entropy: float,
@@ -70,7 +65,7 @@ def replay(space: ss.SearchSpace, sur: Surrogate, reward: Reward, ceiling_ms: fl
     for i in range(trials):
         with torch.no_grad():
             vec, _, _ = sampler.policy.run(rng=rng)
-        x = sur.features(vec)
+        x = sur.features(vec)[0]
         top1, ms = float(x @ sur.w_top1), float(x @ sur.w_ms)
         r = float(reward(top1, ms)) if ms <= ceiling_ms else -(ms - ceiling_ms)
         if ms <= ceiling_ms:
