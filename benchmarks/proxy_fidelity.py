@@ -144,11 +144,31 @@ def headline_key(rows: list[dict[str, Any]], min_seed_pairs: int) -> str:
     return max(covering, key=lambda k: TRUTHS[k]) if covering else "long"
 
 
-def truth_summary(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
-    """Every proxy budget, MAdds and the zero-cost proxies ranked against one truth (row[key], seed 0's test top-1),
-    and that truth's own seed noise and ceiling (its seed pairs)."""
-    full = [r for r in rows if "0" in r.get(key, {})]
-    truth = [r[key]["0"]["test"] for r in full]
+def spearman_brown(self_tau: float | None, k: int = 2) -> float | None:
+    """The self-agreement a mean of k seeds would have, from one seed's (Kendall τ -> Pearson by sin(πτ/2), the
+    Spearman-Brown prophecy for k, back to τ): what ceiling the seed-averaged truth lifts the rankings to."""
+    if self_tau is None or self_tau <= 0:
+        return None
+    r1 = np.sin(np.pi * self_tau / 2)
+    return float(2 / np.pi * np.arcsin(k * r1 / (1 + (k - 1) * r1)))
+
+
+def truth_of(row: dict[str, Any], key: str, averaged: bool) -> float | None:
+    """A row's truth: seed 0's test top-1 of row[key], or with `averaged` the mean of seeds 0 and 1 (None when
+    the row lacks them)."""
+    slot = row.get(key, {})
+    seeds = ("0", "1") if averaged else ("0",)
+    if not all(sd in slot for sd in seeds):
+        return None
+    return float(np.mean([slot[sd]["test"] for sd in seeds]))
+
+
+def truth_summary(rows: list[dict[str, Any]], key: str, averaged: bool = False) -> dict[str, Any]:
+    """Every proxy budget, MAdds and the zero-cost proxies ranked against one truth (row[key]: seed 0's test top-1,
+    or with `averaged` the mean of seeds 0 and 1), and that truth's own seed noise and ceiling (its seed pairs;
+    for the mean of two seeds the ceiling is the Spearman-Brown estimate, `self_tau_estimated`)."""
+    full = [r for r in rows if truth_of(r, key, averaged) is not None]
+    truth = [truth_of(r, key, averaged) for r in full]
     # The proxy budgets, and every shorter truth's validation score as one more budget (a 1,200-step trial is
     # what the 2,400-step truth can judge: 4x would need a 4,800-step truth, so it is only 2x)
     budgets = {}
@@ -159,7 +179,7 @@ def truth_summary(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
         pairs = [(m["0"]["top1"], m["1"]["top1"]) for _, m in have if "1" in m]
         trial_s = [m["0"]["trial_s"] for _, m in have]
         seed_std = pooled_seed_std(pairs)
-        ys = [r[key]["0"]["test"] for r, _ in have]
+        ys = [truth_of(r, key, averaged) for r, _ in have]
         budgets[skey] = {
             "n": len(have), "kendall_tau": tau(proxy, ys),
             "spearman": _finite(spearmanr(proxy, ys).statistic) if len(have) >= 3 else None,
@@ -173,14 +193,16 @@ def truth_summary(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
     zero_cost = {}
     for name in PROXIES:
         vals = np.array([r["zero_cost"][name] for r in full if name in r.get("zero_cost", {})], dtype=float)
-        ys_zc = np.array([r[key]["0"]["test"] for r in full if name in r.get("zero_cost", {})])
+        ys_zc = np.array([truth_of(r, key, averaged) for r in full if name in r.get("zero_cost", {})])
         ok = np.isfinite(vals)
         zero_cost[name] = {"kendall_tau": tau(list(vals[ok]), list(ys_zc[ok])), "n": int(ok.sum())}
     train_s = [r[key]["0"]["train_s"] for r in full]
+    self_tau = tau([a for a, _ in pairs], [b for _, b in pairs])
     return {
-        "steps": TRUTHS[key], "n_archs": len(full), "budgets": budgets, "zero_cost": zero_cost,
-        "seed_std": pooled_seed_std(pairs), "seed_pairs": len(pairs),
-        "self_tau": tau([a for a, _ in pairs], [b for _, b in pairs]),
+        "steps": TRUTHS[key], "seeds_averaged": 2 if averaged else 1, "n_archs": len(full), "budgets": budgets,
+        "zero_cost": zero_cost, "seed_std": pooled_seed_std(pairs), "seed_pairs": len(pairs),
+        "self_tau": None if averaged else self_tau,
+        "self_tau_estimated": spearman_brown(self_tau) if averaged else self_tau,
         "val_test_tau": tau([r[key]["0"]["val"] for r in full], truth),
         "top1_range": [float(min(truth)), float(max(truth))] if truth else None,
         "top1_std": float(np.std(truth)) if truth else None,
@@ -191,10 +213,13 @@ def truth_summary(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
 
 
 def summarize(rows: list[dict[str, Any]], seeded: int) -> dict[str, Any]:
-    """The headline rests on the longest truth that covers every row (4x the default budget once `longer` does)."""
+    """The headline rests on the longest truth that covers every row (4x the default budget once `longer` does),
+    averaged over two seeds once every row has both (`truths["2400x2"]`, `--truth-seeds 2`)."""
     truths = {str(steps): truth_summary(rows, key) for key, steps in TRUTHS.items()}
     head_key = headline_key(rows, min(seeded, len(rows)))
     head = truths[str(TRUTHS[head_key])]
+    if rows and all(truth_of(r, "longer", True) is not None for r in rows):
+        truths[f"{LONGER_STEPS}x2"] = head = truth_summary(rows, "longer", averaged=True)
     default = head["budgets"][str(DEFAULT_STEPS)]
     both = [r for r in rows if "0" in r.get("long", {}) and "0" in r.get("longer", {})]
     return {
@@ -205,7 +230,8 @@ def summarize(rows: list[dict[str, Any]], seeded: int) -> dict[str, Any]:
         "complete": head_key == "longer" and all(b["n"] == len(rows) for b in head["budgets"].values()),
         "kendall_tau": default["kendall_tau"], "seed_std_proxy": default["seed_std"],
         "seed_std_long": head["seed_std"], "long_seed_pairs": head["seed_pairs"],
-        "long_self_tau": head["self_tau"], "long_val_test_tau": head["val_test_tau"],
+        "long_seeds_averaged": head["seeds_averaged"],
+        "long_self_tau": head["self_tau_estimated"], "long_val_test_tau": head["val_test_tau"],
         "trial_s_median": default["trial_s_median"], "budgets": head["budgets"], "zero_cost": head["zero_cost"],
         "long_top1_range": head["top1_range"], "long_top1_std": head["top1_std"],
         "madds_tau": head["madds_tau"], "kendall_tau_se": head["kendall_tau_se"],
@@ -223,6 +249,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--archs", type=int, default=30, help="sampled architectures (plus the 4 V3-Small widths)")
     ap.add_argument("--seeded", type=int, default=10, help="architectures trained with a second seed")
+    ap.add_argument("--truth-seeds", type=int, default=1, choices=(1, 2),
+                    help="2: train every arch's 2,400-step truth with a second seed too, and rank against the mean")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
     ap.add_argument("--rows", default=str(ROWS_FILE))
@@ -321,6 +349,10 @@ def main() -> None:
         long(row, 0, "longer")
         if i < args.seeded:
             long(row, 1, "longer")
+    if args.truth_seeds == 2:  # the seed-averaged truth: its noise ceiling is what held every τ down (0.47)
+        for i, row in enumerate(rows):
+            print(f"[{LONGER_STEPS} steps seed 1 {i + 1}/{len(rows)}] {row['label']}", flush=True)
+            long(row, 1, "longer")
     summary = summarize(rows, args.seeded)
     summary["wall_s"] = time.perf_counter() - t0
     summary["rows"] = result_rows(rows)
@@ -336,7 +368,7 @@ def print_summary(summary: dict[str, Any], path: Path, rows_path: Path) -> None:
     for steps, t in summary["truths"].items():
         taus = ", ".join(f"{b}: {v['kendall_tau']}" for b, v in t["budgets"].items())
         print(f"truth {steps} steps ({t['n_archs']} archs): proxy τ {{{taus}}}; seed std {t['seed_std']}, "
-              f"self τ {t['self_tau']}, val-vs-test τ {t['val_test_tau']}, top-1 range {t['top1_range']}; "
+              f"self τ {t['self_tau_estimated']}, val-vs-test τ {t['val_test_tau']}, top-1 range {t['top1_range']}; "
               f"MAdds alone τ {t['madds_tau']}; τ standard error {t['kendall_tau_se']}")
     print(f"headline truth: {summary['long_steps']} steps; the two truths agree at τ {summary['truth_agreement_tau']}")
     print(f"{summary['n_archs']} of {summary['planned_archs']} archs (complete: {summary['complete']}); "

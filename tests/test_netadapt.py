@@ -174,6 +174,18 @@ def test_selection_ratio_accuracy_and_landing():
     assert select([dict(rows[3])], 0.95, 10.0, "ratio") is None
 
 
+def test_latency_saved_past_the_target_is_worth_nothing():
+    """The fresh `make run` case: every proposal loses accuracy, so the plain ratio takes the biggest cut (1.233 ->
+    1.062 ms, 11% below a 1.189 ms target). Counting savings only down to the landing window's bottom, a cut that
+    stops above the target at a smaller loss wins, and the next iteration lands."""
+    rows = [{"top1": 0.7960, "loss": 0.60, "latency_ms": 1.0617, "failed": False},  # -1.45 pts for 0.172 ms
+            {"top1": 0.8065, "loss": 0.59, "latency_ms": 1.1922, "failed": False},  # -0.40 pts for 0.041 ms
+            {"top1": 0.8015, "loss": 0.58, "latency_ms": 1.1834, "failed": False}]  # -0.90 pts for 0.050 ms
+    assert select(rows, 0.8105, 1.2336, "ratio") == 0
+    assert select(rows, 0.8105, 1.2336, "ratio", useful_ms=1.189 * 0.98) == 1
+    assert select(rows, 0.8105, 1.2336, "ratio", useful_ms=0.5) == 0  # far from the target: unchanged
+
+
 def test_collapsed_proposals_are_never_selected():
     """The ratio rule's favourite here is a huge cut at a collapsed accuracy; it is excluded, by the gap to the
     iteration's best and by the floor relative to the start."""

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from proxy_fidelity import DEFAULT_STEPS, LONG_STEPS, LONGER_STEPS, PROXY_STEPS, summarize
+from proxy_fidelity import DEFAULT_STEPS, LONG_STEPS, LONGER_STEPS, PROXY_STEPS, spearman_brown, summarize
 
 
 def _rows(n: int, longer: int, seeded: int) -> list[dict]:
@@ -47,3 +47,23 @@ def test_headline_uses_the_longer_truth_only_once_it_covers_every_row() -> None:
 def test_longer_truth_without_its_seed_pairs_is_not_the_headline() -> None:
     doc = summarize(_rows(6, longer=6, seeded=0), seeded=3)
     assert doc["long_steps"] == LONG_STEPS and not doc["complete"]
+
+
+def test_seed_averaged_truth_becomes_the_headline_once_every_row_has_both_seeds() -> None:
+    rows = _rows(8, longer=8, seeded=8)
+    for r in rows:  # seed 1 rises with the proxy three times as steeply as seed 0 falls: their mean rises
+        q = r["long"]["0"]["val"]
+        r["longer"]["1"]["test"] = q + 3 * (q - 0.85)
+    doc = summarize(rows, seeded=3)
+    assert doc["truths"][str(LONGER_STEPS)]["budgets"][str(DEFAULT_STEPS)]["kendall_tau"] == pytest.approx(-1.0)
+    averaged = doc["truths"][f"{LONGER_STEPS}x2"]
+    assert averaged["seeds_averaged"] == 2 and averaged["n_archs"] == 8 and averaged["self_tau"] is None
+    assert doc["long_seeds_averaged"] == 2 and doc["kendall_tau"] == pytest.approx(1.0)
+    one_seed = summarize(_rows(8, longer=8, seeded=3), seeded=3)  # seed 1 missing for 5 rows: one seed
+    assert one_seed["long_seeds_averaged"] == 1 and f"{LONGER_STEPS}x2" not in one_seed["truths"]
+
+
+def test_spearman_brown_lifts_a_noisy_ceiling_and_keeps_a_perfect_one() -> None:
+    assert spearman_brown(0.47) == pytest.approx(0.595, abs=0.005)  # the 2,400-step truth: 0.47 -> 0.60
+    assert spearman_brown(1.0) == pytest.approx(1.0)
+    assert spearman_brown(None) is None and spearman_brown(-0.1) is None
