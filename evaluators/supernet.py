@@ -57,7 +57,8 @@ class SupernetRecipe:
 
     # Defaults from benchmarks/supernet.py (results/supernet.json, 2026-12-07): at about equal CPU (SPOS 5,000 steps,
     # 581 s; sandwich 1,500 steps x 4 subnets, 714 s) SPOS ranked the 31 in-space proxy-fidelity archs at Kendall τ
-    # 0.22 / 0.29 against the 2,400- / 1,200-step truths, sandwich at 0.13 / 0.25 (whole validation split)
+    # 0.36 / 0.29 against the 2,400-step truth averaged over 2 seeds / the 1,200-step one, sandwich at 0.22 / 0.25
+    # (whole validation split)
     recipe: Recipe = field(default_factory=lambda: Recipe(steps=5000))
     rule: str = "spos"
     random_subnets: int = 2
