@@ -490,11 +490,9 @@ class NetAdapt:
                          "failed": o.failed, "reason": o.reason, "seconds": o.seconds})
         for r, bad in zip(rows, collapsed(rows, start_top1, s.collapse_gap, s.collapse_floor), strict=True):
             r["collapsed"] = bad and not r["failed"]
-        landing = None
-        if cur_ms - s.target_ms <= delta + 1e-12:  # this step can reach the target
-            landing = (s.target_ms * (1 - s.land_tol), s.target_ms)
-        win = select(rows, float(current.metrics["holdout_top1"]), cur_ms, s.selection, landing,
-                     useful_ms=s.target_ms * (1 - s.land_tol))
+        land_lo = s.target_ms * (1 - s.land_tol)  # the landing window's bottom: nothing is gained below it
+        landing = (land_lo, s.target_ms) if cur_ms - s.target_ms <= delta + 1e-12 else None  # this step can land
+        win = select(rows, float(current.metrics["holdout_top1"]), cur_ms, s.selection, landing, useful_ms=land_lo)
         if win is None:
             if all(r["failed"] for r in rows):
                 raise NetAdaptError(f"every proposal of iteration {i} failed (first: {rows[0]['reason']})")
