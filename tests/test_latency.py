@@ -137,11 +137,30 @@ def test_pruned_widths_are_interpolated_within_their_family(built):
     pruned = arch.replace(blocks=(arch.blocks[0], ss.Bneck(3, 40, 16, 2, True, "hswish"), *arch.blocks[2:]))
     cfg = pruned.layers()[2]
     assert lat.layer_key(cfg) not in set(table.entries["key"])
-    e = table.entries
-    family = e[(e["size"] == cfg.size) & (e["kernel"] == 3) & e["se"] & (e["act"] == "hswish") & (e["stride"] == 2)]
     value = table.layer_us(cfg)
-    assert family["median_us"].min() * 0.5 <= value <= family["median_us"].max() * 1.5
+    assert np.isfinite(value) and value > 0  # how close it is depends on the host's timings: see the next test
     assert table.predict_ms(pruned) > 0
+
+
+def test_a_family_with_few_rows_is_linear_in_madds_over_its_rows_of_the_same_structure():
+    """The tiny table's family: 6 rows, too few for the channel fit. Rows with an expand conv follow one line in
+    mult-adds and rows without one another; an unmeasured width with an expand conv lands on the first line.
+    (Synthetic medians: the fixture's timings vary by 2x between hosts, CI saw one row at 40 us beside 18-27.)"""
+    from search_space.cost import layer_cost
+
+    def cfg_of(cin: int, expand: int, out: int) -> ss.LayerConfig:
+        return ss.LayerConfig("bneck", 16, cin, expand, out, 3, 2, True, "hswish")
+
+    def law(c: ss.LayerConfig) -> float:
+        return (10.0 if c.expand != c.cin else 4.0) + 1e-4 * layer_cost(c)[1]
+
+    rows = [{"kind": "bneck", "size": 16, "cin": c.cin, "expand": c.expand, "out": c.out, "kernel": 3, "stride": 2,
+             "se": True, "act": "hswish", "num_classes": 0, "median_us": law(c), "key": lat.layer_key(c)}
+            for c in (cfg_of(8, 8, 16), cfg_of(8, 24, 16), cfg_of(8, 8, 8), cfg_of(8, 16, 8), cfg_of(8, 24, 8),
+                      cfg_of(8, 16, 16))]
+    table = lat.LatencyTable(pd.DataFrame(rows), {"resolution": 32, "threads": 1})
+    for unmeasured in (cfg_of(8, 40, 16), cfg_of(8, 20, 12)):
+        assert table.layer_us(unmeasured) == pytest.approx(law(unmeasured), rel=1e-9)
 
 
 def test_interpolation_is_exact_on_a_linear_family():
