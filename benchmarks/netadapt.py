@@ -12,7 +12,8 @@ every layer alike; MobileNetV3 ran NetAdapt after its search. This benchmark ask
    proposals never selected, at most `max_cut` of a slot per step). The 60% run continues from the 80% run's
    result (its pruned weights, the same absolute δ): the iterations a single run to 60% would make on the way,
    paid once. No long-term fine-tune inside NetAdapt: it is done here, LONG_STEPS steps on the whole training
-   split with `--seeds` seeds, scored on the test split.
+   split with `--seeds` seeds, scored on the test split. `--measured`: NetAdapt times the start and each
+   selected network on this host and steers by that (`bneck netadapt --measured`), in its own dir and JSON.
 3. Uniform width scaling at equal *measured* latency: the α whose predicted latency matches NetAdapt's result,
    then the α around it (steps of 0.02, distinct widths) timed interleaved with NetAdapt's result in 3 passes
    (onnxruntime, the table's protocol and anchors), and the one whose measured ratio to NetAdapt's result is
@@ -214,6 +215,9 @@ def main() -> None:
     ap.add_argument("--short-steps", type=int, default=SHORT_STEPS)
     ap.add_argument("--step-frac", type=float, default=STEP_FRAC)
     ap.add_argument("--rounds", type=int, default=None, help="timing rounds (default: the protocol's)")
+    ap.add_argument("--measured", action="store_true",
+                    help="NetAdapt steered by timing each selected network on this host (`--measured` of bneck "
+                         "netadapt); writes netadapt_measured*.json")
     ap.add_argument("--search-run", type=Path, default=RUNS_DIR / "bench-fashion-search")
     ap.add_argument("--dir", type=Path, default=None,
                     help="NetAdapt dirs and done.json (default: bneck_runs/bench-netadapt-<settings>)")
@@ -224,7 +228,7 @@ def main() -> None:
     if args.dir is None:
         args.dir = RUNS_DIR / (f"bench-netadapt-{args.data.split(':')[-1]}-s{start_steps}-h{HOLDOUT:g}"
                                f"-k{args.short_steps}-d{args.step_frac:g}-l{long_steps}"
-                               + (f"-r{args.replicate}" if args.replicate else ""))
+                               + (f"-r{args.replicate}" if args.replicate else "") + ("-m" if args.measured else ""))
     if args.quick:
         start_steps, long_steps, args.short_steps, args.seeds, args.targets = 100, 30, 5, 2, [0.9]
         args.step_frac, args.rounds, args.dir = 0.05, 6, args.dir.with_name(args.dir.name + "-quick")
@@ -259,7 +263,8 @@ def main() -> None:
             t_na = time.perf_counter()
             summary = run_netadapt(chain, table_path, run_dir,
                                    {"target_ms": frac * start_ms, "step_frac": args.step_frac * start_ms / chain_ms,
-                                    "short_steps": args.short_steps, "holdout": HOLDOUT, "long_epochs": 0.0},
+                                    "short_steps": args.short_steps, "holdout": HOLDOUT, "long_epochs": 0.0,
+                                    "measured": args.measured},
                                    2, 1, "local", None, show_progress=False)
             final = ss.Arch.parse(summary["final_arch"])
             weights = (run_dir / "final" / "weights.pt").read_bytes()
@@ -314,12 +319,14 @@ def main() -> None:
 
     results = {key: target_summary(key, t, measured, start_ms, top1_start, model.ms(t["uniform"]))
                for key, t in per_target.items()}
-    doc = {"data": args.data, "quick": args.quick, "replicate": rep, "start_steps": start_steps,
+    doc = {"data": args.data, "quick": args.quick, "replicate": rep, "measured": args.measured,
+           "start_steps": start_steps,
            "long_steps": long_steps,
            "holdout": HOLDOUT, "holdout_images": len(held.y_val), "top1_start": top1_start,
            "start_predicted_ms": start_ms, "start_measured_ms": m_start, "measured_passes_ms": passes.tolist(),
            "measured_names": names, "targets": results, "wall_s": time.perf_counter() - t0}
-    name = "netadapt" + (f"_replicate{rep}" if rep else "") + ("_quick" if args.quick else "")
+    name = "netadapt" + ("_measured" if args.measured else "") + (f"_replicate{rep}" if rep else "") + (
+        "_quick" if args.quick else "")
     path = write(name, doc, args.out)
     for key in results:  # the trajectories beside the JSON (runs.outputs drew them in each NetAdapt dir)
         png = args.dir / key / "trajectory.png"
@@ -378,6 +385,7 @@ def target_summary(key: str, t: dict[str, Any], measured: dict[str, float], star
         "start_measured_ms": m_start, "final_measured_ms": measured[f"{key}/netadapt"],
         "measured_target_ms": t["frac"] * m_start,
         "measured_vs_target_pct": 100 * (measured[f"{key}/netadapt"] / (t["frac"] * m_start) - 1),
+        "latency_source": s.get("latency_source", "table"), "inloop_measured_ms": s.get("final_measured_ms"),
         "uniform_alpha": c["alpha"], "uniform_choice": c,
         "uniform_predicted_ms": uniform_predicted_ms, "uniform_measured_ms": measured[f"{key}/uniform"],
         "top1_start": top1_start, "top1_netadapt": na_mean, "top1_netadapt_std": na_std,

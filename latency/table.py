@@ -506,15 +506,18 @@ class LatencyTable:
                                      f"{TABLE_FORMAT} (quiet-round whole-net timings): rebuild it with "
                                      "`bneck latency build ... --force`")
         table = cls(t.to_pandas(), meta)
-        if warn_device:
-            here = fingerprint(table.threads, meta["fingerprint"]["provider"])
-            diff = [k for k in ("cpu", "cores", "machine", "onnxruntime") if here.get(k) != meta["fingerprint"].get(k)]
-            if diff:
-                theirs = meta["fingerprint"]
-                changes = ", ".join(f"{k}: {theirs.get(k)} vs {here.get(k)}" for k in diff)
-                warnings.warn(f"latency table {p.name} was measured on another device/runtime ({changes})",
-                              stacklevel=2)
+        changes = table.device_changes() if warn_device else ""
+        if changes:
+            warnings.warn(f"latency table {p.name} was measured on another device/runtime ({changes})", stacklevel=2)
         return table
+
+    def device_changes(self) -> str:
+        """How this host differs from the device the table was measured on ('cpu: A vs B, ...'; '' when it is the
+        same): what loading warns about, and what refuses to time networks here in the table's scale."""
+        theirs = self.meta["fingerprint"]
+        here = fingerprint(self.threads, theirs["provider"])
+        diff = [k for k in ("cpu", "cores", "machine", "onnxruntime") if here.get(k) != theirs.get(k)]
+        return ", ".join(f"{k}: {theirs.get(k)} vs {here.get(k)}" for k in diff)
 
     # ---- import from a kit --------------------------------------------------------------------------
     @classmethod

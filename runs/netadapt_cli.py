@@ -28,6 +28,9 @@ def print_summary(s: dict[str, Any]) -> None:
             f"{s['target_ms']:.3f}) in {s['iterations']} iterations; top-1 {100 * s['top1_before']:.2f}% -> "
             f"{100 * s['top1_after']:.2f}% after {s['long_epochs']:g} epochs of long-term fine-tune",
             highlight=False)
+        if s.get("final_measured_ms") is not None:
+            console_out.print(f"  measured on this host: {s['start_measured_ms']:.3f} -> "
+                              f"{s['final_measured_ms']:.3f} ms", highlight=False)
         if s.get("stopped"):
             console_out.print(f"[yellow]the target was not reached[/]: {s['stopped']}", highlight=False)
     for name in ("final/spec.json", "final/weights.pt", "final/model.onnx", "trajectory.parquet", "trajectory.png",
@@ -44,7 +47,8 @@ def print_summary(s: dict[str, Any]) -> None:
 @click.option("--weights", type=click.Path(path_type=Path), default=None, help="With --arch: its trained state dict.")
 @click.option("--table", type=click.Path(path_type=Path), default=None,
               help="Latency table (.parquet) [default with --run: the run's].")
-@click.option("--target-ms", type=float, required=True, help="Latency to reach, as the table predicts it.")
+@click.option("--target-ms", type=float, required=True,
+              help="Latency to reach, as the table predicts it (with --measured: as measured).")
 @click.option("--step-frac", type=float, default=0.01, show_default=True,
               help="δ per iteration as a fraction of the starting latency (MobileNetV3: 0.01).")
 @click.option("--decay", type=float, default=1.0, show_default=True, help="δ_i = δ_0·decay^i (NetAdapt: < 1).")
@@ -63,6 +67,10 @@ def print_summary(s: dict[str, Any]) -> None:
               help="Never select a proposal this much top-1 below its iteration's best.")
 @click.option("--collapse-floor", type=float, default=0.8, show_default=True,
               help="... or below this fraction of the start's holdout top-1.")
+@click.option("--measured", is_flag=True,
+              help="Time the start and each selected network on this host (the table's protocol, in its scale) and "
+                   "prune until the measurement meets --target-ms: the table over-credits narrow widths (NetAdapt "
+                   "to 60%% measured 1.06x its prediction). The table must come from this host.")
 @click.option("--data", default=None, help="With --arch: the data [default: builtin:digits].")
 @click.option("--resolution", type=int, default=None, help="With --arch: training resolution [default: the spec's].")
 @click.option("--seed", type=int, default=None, help="[default: the run's, or 0]")

@@ -30,7 +30,15 @@ from runs.executors import Executor, WorkerLost, make_executor, stop_on_signals
 from runs.outputs import write_trajectory_plot
 from runs.worker import FineTuneJob, run_job
 from search_space.host import usable_cpus
-from searchers.netadapt import Evaluate, FineTuneOutcome, FineTuneRequest, NetAdapt, NetAdaptSettings, state_bytes
+from searchers.netadapt import (
+    Evaluate,
+    FineTuneOutcome,
+    FineTuneRequest,
+    NetAdapt,
+    NetAdaptError,
+    NetAdaptSettings,
+    state_bytes,
+)
 
 RETRIES = 2  # a job whose worker died is re-submitted this many times
 
@@ -129,12 +137,25 @@ def run_netadapt(start: Start, table_path: Path, out: Path, settings_kw: dict[st
     import latency as lat
     from bneck_common.progress import progress_bar
 
-    model = lat.LatencyModel(lat.LatencyTable.load(table_path))
+    table = lat.LatencyTable.load(table_path)
+    model = lat.LatencyModel(table)
 
     threads = threads or max(1, usable_cpus() // workers)
     settings = NetAdaptSettings(**{**settings_kw, "data": start.data, "resolution": start.resolution,
                                    "seed": start.seed, "device": start.device, "threads": threads})
     identity = {"table": str(Path(table_path).resolve())}
+    measure = None
+    if settings.measured:
+        changes = table.device_changes()
+        if table.meta["protocol"].get("name") == "synthetic":
+            raise NetAdaptError(f"measured NetAdapt times networks in the table's scale, but {Path(table_path).name} "
+                                "is synthetic (not measured): build one on this host (bneck latency build)")
+        if changes:
+            raise NetAdaptError(f"measured NetAdapt times networks on this host, but the table {Path(table_path).name} "
+                                f"was measured on another device ({changes}): run it there, or without --measured")
+
+        def measure(arch: ss.Arch) -> float:  # whole, deployed, beside the table's anchors, in its scale
+            return float(lat.measure_in_table_scale(table, [model.deployed(arch)]).us[0]) / 1000.0
     executor = make_executor(backend, workers, threads, address, start.device)
     bar = progress_bar(transient=True) if show_progress else None
     t0 = time.time()
@@ -155,7 +176,8 @@ def run_netadapt(start: Start, table_path: Path, out: Path, settings_kw: dict[st
             console_err.print(f"iteration {info['iteration']}: {info['current_ms']:.3f} ms, δ {info['delta_ms']:.3f} "
                               f"ms, {info['proposals']} proposals", highlight=False)
         elif kind == "selected":
-            console_err.print(f"  -> {info['move']}: {info['latency_ms']:.3f} ms, held-out top-1 "
+            timed = "" if info["measured_ms"] is None else f" measured ({info['predicted_ms']:.3f} predicted)"
+            console_err.print(f"  -> {info['move']}: {info['latency_ms']:.3f} ms{timed}, held-out top-1 "
                               f"{100 * info['top1']:.2f}%", highlight=False)
             if bar is not None and "task" in state:
                 span = max(state["first_ms"] - info["target_ms"], 1e-9)
@@ -166,7 +188,7 @@ def run_netadapt(start: Start, table_path: Path, out: Path, settings_kw: dict[st
         elif kind == "stopped":
             console_err.print(f"[yellow]stopped[/]: {info['reason']}", highlight=False)
 
-    na = NetAdapt(out, settings, model.ms, executor_evaluate(executor, settings, bar), on_event, identity)
+    na = NetAdapt(out, settings, model.ms, executor_evaluate(executor, settings, bar), on_event, identity, measure)
     try:
         with stop_on_signals(), bar if bar is not None else contextlib.nullcontext():
             summary = na.run(start.arch, start.weights)

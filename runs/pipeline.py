@@ -67,6 +67,7 @@ class NetAdaptStep(BaseModel):
     collapse_gap: float = Field(0.05, gt=0, le=1, description="never select a proposal this far below the best")
     collapse_floor: float = Field(0.8, ge=0, lt=1, description="... or below this fraction of the start's top-1")
     workers: int = Field(2, ge=1, description="proposals fine-tuned at once (the result does not depend on it)")
+    measured: bool = Field(False, description="steer by timing each selected network on this host (the table's)")
 
 
 class PipelineConfig(RunConfig):
@@ -163,7 +164,7 @@ def _netadapt(run: RunDir, step: NetAdaptStep, best_ms: float, config: RunConfig
     target = step.target_ms if step.target_ms is not None else step.target_frac * best_ms
     settings = {"target_ms": target, "step_frac": step.step_frac, "decay": step.decay, "selection": step.selection,
                 "short_steps": step.short_steps, "long_epochs": step.long_epochs, "max_cut": step.max_cut,
-                "collapse_gap": step.collapse_gap, "collapse_floor": step.collapse_floor}
+                "collapse_gap": step.collapse_gap, "collapse_floor": step.collapse_floor, "measured": step.measured}
     assert start.table is not None  # a run's saved config always names its table
     threads = max(1, config.worker_threads() * config.workers // step.workers)
     summary = run_netadapt(start, start.table, run.path / "netadapt", settings, step.workers, threads, "local",

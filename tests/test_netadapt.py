@@ -242,6 +242,65 @@ def test_netadapt_stops_at_the_last_good_network_when_every_proposal_collapses(n
     assert (tmp_path / "na" / "final" / "weights.pt").is_file()
 
 
+def _device(table: lat.LatencyTable, calls: list[ss.Arch]) -> object:
+    """A device the table misjudges the way the real one does (netadapt_40pct.json): every channel removed from
+    a block's expansion costs less than predicted, so a network grows slower than predicted as it is pruned."""
+    widths = [b.expand for b in SEED_ARCH.blocks]
+
+    def measure(arch: ss.Arch) -> float:
+        calls.append(arch)
+        removed = sum(w - b.expand for w, b in zip(widths, arch.blocks, strict=True)) / sum(widths)
+        return table.predict_ms(arch) * (1.0 + 0.8 * removed)
+
+    return measure
+
+
+def test_measured_netadapt_prunes_until_the_device_meets_the_target(net, tmp_path):
+    """Steered by the table alone, the result misses the target as measured; `measured` times the start and each
+    selected network once, corrects the proposals by the current measured/predicted ratio, and lands within the
+    landing window of the target as measured (below it as predicted)."""
+    table, start_w = net["table"], state_bytes(net["model"])
+    target = 0.8 * net["start_ms"]
+    kw = {"target_ms": target, "step_frac": 0.05, "short_steps": 0, "long_epochs": 0.0, "threads": 1,
+          "collapse_floor": 0.0}
+    plain_calls: list[ss.Arch] = []
+    plain = NetAdapt(tmp_path / "plain", NetAdaptSettings(**kw), table.predict_ms,
+                     inline_evaluate(NetAdaptSettings(**kw))).run(SEED_ARCH, start_w)
+    assert plain["final_predicted_ms"] <= target
+    assert _device(table, plain_calls)(ss.Arch.parse(plain["final_arch"])) > 1.02 * target  # misses, as measured
+
+    calls: list[ss.Arch] = []
+    settings = NetAdaptSettings(**kw, measured=True)
+    r = NetAdapt(tmp_path / "measured", settings, table.predict_ms, inline_evaluate(settings),
+                 measure=_device(table, calls)).run(SEED_ARCH, start_w)
+    assert r["latency_source"] == "measured" and r["reached_target"]
+    assert target * (1 - settings.land_tol) - 0.05 * net["start_ms"] <= r["final_measured_ms"] <= target
+    assert r["final_predicted_ms"] < 0.97 * target  # the table's prediction of the result is below the target
+    assert r["final_measured_ms"] == pytest.approx(_device(table, [])(ss.Arch.parse(r["final_arch"])))
+    assert r["iterations"] > plain["iterations"]
+    assert len(calls) == r["iterations"] + 1 and calls[0] == SEED_ARCH  # the start, then each selected network
+    traj = pd.read_parquet(tmp_path / "measured" / "trajectory.parquet")
+    assert traj["measured_ms"].notna().all() and (traj["measured_ms"] >= traj["predicted_ms"]).all()
+    assert traj["latency_ms"].tolist() == traj["measured_ms"].tolist()
+
+
+def test_measured_needs_a_measurement_and_a_table_of_this_host(net, tmp_path):
+    with pytest.raises(NetAdaptError, match="needs a measure"):
+        NetAdapt(tmp_path / "x", NetAdaptSettings(target_ms=1.0, measured=True), net["table"].predict_ms,
+                 inline_evaluate(NetAdaptSettings(target_ms=1.0)))
+    res = CliRunner().invoke(cli, cli_args(net, tmp_path / "syn", 0.8 * net["start_ms"], "--measured"))
+    assert res.exit_code == 2 and "synthetic (not measured)" in res.output and "Traceback" not in res.output
+    t = net["table"]
+    other = lat.LatencyTable(t.entries, {**t.meta, "protocol": {"name": "bneck-ort/3"},
+                                         "fingerprint": {**t.meta["fingerprint"], "cpu": "Some Board A55"}})
+    args = cli_args({**net, "table_path": other.save(tmp_path / "other.parquet")}, tmp_path / "o",
+                    0.8 * net["start_ms"], "--measured")
+    with pytest.warns(UserWarning, match="another device"):  # loading warns; measuring on it refuses
+        res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 2 and "another device (cpu: Some Board A55 vs" in res.output
+    assert not (tmp_path / "o").exists()  # nothing left behind
+
+
 def test_holdout_split_is_disjoint_stratified_and_keeps_normalization():
     data = load_data("builtin:digits", 32)
     h = holdout_split(data, 0.25, seed=0)
