@@ -320,8 +320,9 @@ def write_trajectory_plot(out_dir: Path, target_ms: float) -> Path | None:
 
 
 def plot_trajectory(traj: pd.DataFrame, target_ms: float, path: Path) -> Path:
-    """Held-out top-1 against predicted latency, one point per NetAdapt iteration (the chosen proposal right after
-    its cut and after its short-term fine-tune), the target marked."""
+    """Held-out top-1 against the latency NetAdapt steered by (predicted, or measured with `--measured`: then the
+    table's predictions beside it), one point per iteration (the chosen proposal right after its cut and after its
+    short-term fine-tune), the target marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -335,9 +336,13 @@ def plot_trajectory(traj: pd.DataFrame, target_ms: float, path: Path) -> Path:
             label="after short-term fine-tune")
     ax.plot(traj["latency_ms"].iloc[:1], 100 * traj["holdout_top1"].iloc[:1], "*", color="tab:orange", ms=14,
             label="start")
+    measured = "measured_ms" in traj and traj["measured_ms"].notna().all()
+    if measured:
+        ax.plot(traj["predicted_ms"], 100 * traj["holdout_top1"], ".", color="tab:blue", alpha=0.35, ms=5,
+                label="the same, at the table's prediction")
     ax.axvline(target_ms, color="tab:red", ls="--", lw=1, label=f"target {target_ms:.3f} ms")
     ax.invert_xaxis()
-    ax.set_xlabel("predicted latency (ms)")
+    ax.set_xlabel("measured latency on this host (ms)" if measured else "predicted latency (ms)")
     ax.set_ylabel("held-out top-1 (%)")
     ax.set_title(f"NetAdapt: {len(traj) - 1} iterations")
     ax.grid(alpha=0.3)

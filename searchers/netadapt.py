@@ -14,7 +14,8 @@ timed whole on this host (`measure`: the table's protocol, beside its anchors, i
 current network's measured/predicted ratio corrects the predictions its proposals are sized by, so the target is
 met as measured. Why: each iteration takes the move the table credits most per accuracy lost, so the moves it
 over-credits win; NetAdapt's results to 80/60/40% of V3-Small's latency measured 1.03 / 1.06 / 1.22x their
-prediction (uniform nets of the same latency 0.97-1.07x; benchmarks/results/netadapt_40pct.json).
+prediction (uniform nets of the same latency 0.97-1.07x; benchmarks/results/netadapt_40pct.json). One
+measurement is not steady enough to steer by alone (`measured_correction`).
 
 The loop is storage-first: every finished iteration is a directory (spec, weights, metrics) written
 atomically, so a killed run resumes after the last one; that storage is the algorithm's resumable state, so it
@@ -154,6 +155,36 @@ def _biggest_cut(arch: Arch, kind: str, blocks: tuple[int, ...], width: int, cur
         ms = latency(new)
         return Proposal(move, new, ms) if ms < cur_ms else None
     return None
+
+
+MEASURED_WINDOW = 8  # the last this many measurements fit the correction (see `measured_correction`)
+
+
+def measured_correction(points: Sequence[tuple[float, float]],
+                        window: int = MEASURED_WINDOW) -> Callable[[float], float]:
+    """measured/predicted as a function of predicted ms, from (predicted_ms, measured_ms) of the start and each
+    selected network so far: a least-squares line over the last `window` points (one point: its ratio); a
+    latency outside the fitted points' range gets the line's value at the nearest end (no
+    extrapolation: the proposals lie a step beyond the newest point).
+
+    Why a fit and not the last ratio: one whole-net measurement of V3-Small at 224 px repeated back to back read
+    1.752 / 1.702 / 1.728 ms here, and in the first measured run to 80% the ratio of successive selected networks
+    swung 1.02, 0.98, 1.01, 1.05, 1.02, 1.00 while each step cut only 2%: steering by the last one, a step
+    'measured' slower than the network it was cut from. The table's error itself drifts with depth (1.03 at 80%,
+    1.06 at 60%), which a line follows without lag where a mean would trail it; over 8 points its value at the
+    newest has ~0.6x one measurement's noise (3 points: 0.9x; 2 points: the newest ratio itself)."""
+    pts = [(float(p), float(m) / float(p)) for p, m in points][-window:]
+    if not pts:
+        raise ValueError("measured_correction needs at least one (predicted_ms, measured_ms) point")
+    ratios = [r for _, r in pts]
+    xs = [p for p, _ in pts]
+    lo, hi = min(xs), max(xs)
+    if len(pts) < 2 or max(xs) - min(xs) <= 1e-12:
+        mean = sum(ratios) / len(ratios)
+        return lambda predicted_ms: mean
+    x_mean, r_mean = sum(xs) / len(xs), sum(ratios) / len(ratios)
+    slope = sum((x - x_mean) * (r - r_mean) for x, r in pts) / sum((x - x_mean) ** 2 for x in xs)
+    return lambda predicted_ms: r_mean + slope * (min(hi, max(lo, predicted_ms)) - x_mean)
 
 
 def smallest(arch: Arch) -> Arch:
@@ -352,6 +383,10 @@ def _json(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2, default=float) + "\n").encode()
 
 
+def _measured_points(history: Sequence[dict[str, Any]]) -> list[tuple[float, float]]:
+    return [(float(m["predicted_ms"]), float(m["measured_ms"])) for m in history if m.get("measured_ms") is not None]
+
+
 class NetAdapt:
     """A resumable NetAdapt run in `out_dir`.
 
@@ -377,15 +412,17 @@ class NetAdapt:
         self.identity = identity or {}
         self.measure = measure
 
-    def _timed(self, arch: Arch, predicted_ms: float) -> dict[str, Any]:
-        """An iteration's latency fields: `latency_ms` is what the loop steers by (measured with
-        `settings.measured`, else the prediction), `predicted_ms` the table's, `measured_ms` the device's or None."""
+    def _timed(self, arch: Arch, history: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """A new iteration's latency fields: `predicted_ms` is the table's; with `settings.measured`, `measured_ms`
+        is this network timed once on the device and `latency_ms`, what the loop steers by, the prediction
+        corrected by `measured_correction` over it and the `history` before it; else both are the prediction."""
+        predicted = self.latency(arch)
         if not self.settings.measured:
-            return {"latency_ms": predicted_ms, "predicted_ms": predicted_ms, "measured_ms": None}
+            return {"latency_ms": predicted, "predicted_ms": predicted, "measured_ms": None}
         assert self.measure is not None
         ms = float(self.measure(arch))
-        self.on_event("measured", {"predicted_ms": predicted_ms, "measured_ms": ms})
-        return {"latency_ms": ms, "predicted_ms": predicted_ms, "measured_ms": ms}
+        fit = measured_correction([*_measured_points(history), (predicted, ms)])
+        return {"latency_ms": predicted * fit(predicted), "predicted_ms": predicted, "measured_ms": ms}
 
     # ---- layout ----
     iterations_dir = property(lambda self: self.out / "iterations")
@@ -474,7 +511,7 @@ class NetAdapt:
             base = self._one(self._request(0, start_arch, start_weights, 0, train=False))
             val = self._one(self._request(0, start_arch, start_weights, 0, train=False, final=True))
             it = Iteration(0, start_arch, start_weights, {
-                "iteration": 0, **self._timed(start_arch, start_ms), "holdout_top1": base.top1,
+                "iteration": 0, **self._timed(start_arch, []), "holdout_top1": base.top1,
                 "holdout_loss": base.loss,
                 "val_top1": val.top1, "move": None, "delta_ms": 0.0, "proposals": [], "wall_s": 0.0})
             self._save_iteration(it)
@@ -493,7 +530,7 @@ class NetAdapt:
                 raise NetAdaptError(f"max_iterations {s.max_iterations} reached at "
                                     f"{current.metrics['latency_ms']:.3f} ms, above the target {s.target_ms:.3f} ms")
             try:
-                current = self._iterate(current, i, start_ms, float(history[0]["holdout_top1"]))
+                current = self._iterate(current, i, start_ms, history)
             except Collapsed as exc:  # the last good network is the result, and the summary says why
                 stopped = str(exc)
                 self.on_event("stopped", {"iteration": i, "reason": stopped})
@@ -503,15 +540,17 @@ class NetAdapt:
                                elapsed_before + time.perf_counter() - t0, stopped)
         return summary
 
-    def _iterate(self, current: Iteration, i: int, start_ms: float, start_top1: float) -> Iteration:
+    def _iterate(self, current: Iteration, i: int, start_ms: float, history: list[dict[str, Any]]) -> Iteration:
         s = self.settings
         t0 = time.perf_counter()
+        start_top1 = float(history[0]["holdout_top1"])
         cur_ms = float(current.metrics["latency_ms"])
-        # measured: the current network's measured/predicted ratio carries over to its proposals (1 without)
-        correction = cur_ms / float(current.metrics.get("predicted_ms") or cur_ms)
+        points = _measured_points(history)  # measured: the fitted correction carries over to the proposals
+        fit = measured_correction(points) if s.measured and points else (lambda predicted_ms: 1.0)
 
         def steer_ms(arch: Arch) -> float:
-            return self.latency(arch) * correction
+            predicted = self.latency(arch)
+            return predicted * fit(predicted)
 
         delta = s.delta_ms(i, start_ms, cur_ms)
         proposals = propose(current.arch, steer_ms, delta, cur_ms, s.max_cut)
@@ -550,7 +589,7 @@ class NetAdapt:
         for r in rows:
             r["selected"] = r["proposal"] == win
         chosen = proposals[win]
-        timed = self._timed(chosen.arch, chosen.latency_ms / correction)
+        timed = self._timed(chosen.arch, history)
         metrics = {"iteration": i, **timed, "steered_ms": chosen.latency_ms, "holdout_top1": rows[win]["top1"],
                    "holdout_top1_before": rows[win]["top1_before"],
                    "holdout_loss": rows[win]["loss"], "move": chosen.move.label, "delta_ms": delta,
