@@ -176,7 +176,8 @@ def run_netadapt(start: Start, table_path: Path, out: Path, settings_kw: dict[st
             console_err.print(f"iteration {info['iteration']}: {info['current_ms']:.3f} ms, δ {info['delta_ms']:.3f} "
                               f"ms, {info['proposals']} proposals", highlight=False)
         elif kind == "selected":
-            timed = "" if info["measured_ms"] is None else f" measured ({info['predicted_ms']:.3f} predicted)"
+            timed = "" if info["measured_ms"] is None else \
+                f" (measured {info['measured_ms']:.3f}, predicted {info['predicted_ms']:.3f})"
             console_err.print(f"  -> {info['move']}: {info['latency_ms']:.3f} ms{timed}, held-out top-1 "
                               f"{100 * info['top1']:.2f}%", highlight=False)
             if bar is not None and "task" in state:
