@@ -519,6 +519,14 @@ class LatencyTable:
         diff = [k for k in ("cpu", "cores", "machine", "onnxruntime") if here.get(k) != theirs.get(k)]
         return ", ".join(f"{k}: {theirs.get(k)} vs {here.get(k)}" for k in diff)
 
+    def not_measurable_here(self) -> str:
+        """Why networks cannot be timed on this host in this table's scale ('' when they can): a synthetic table
+        has no protocol to repeat, a table of another device no anchors this host reproduces."""
+        if self.meta["protocol"].get("name") == "synthetic":
+            return "it is synthetic (not measured)"
+        changes = self.device_changes()
+        return f"it was measured on another device ({changes})" if changes else ""
+
     # ---- import from a kit --------------------------------------------------------------------------
     @classmethod
     def from_kit(cls, kit_dir: str | Path, results_csv: str | Path | None = None) -> LatencyTable:

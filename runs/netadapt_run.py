@@ -146,13 +146,11 @@ def run_netadapt(start: Start, table_path: Path, out: Path, settings_kw: dict[st
     identity = {"table": str(Path(table_path).resolve())}
     measure = None
     if settings.measured:
-        changes = table.device_changes()
-        if table.meta["protocol"].get("name") == "synthetic":
-            raise NetAdaptError(f"measured NetAdapt times networks in the table's scale, but {Path(table_path).name} "
-                                "is synthetic (not measured): build one on this host (bneck latency build)")
-        if changes:
-            raise NetAdaptError(f"measured NetAdapt times networks on this host, but the table {Path(table_path).name} "
-                                f"was measured on another device ({changes}): run it there, or without --measured")
+        why_not = table.not_measurable_here()
+        if why_not:
+            raise NetAdaptError(f"measured NetAdapt times networks on this host in the scale of the table "
+                                f"{Path(table_path).name}, but {why_not}: build one here (bneck latency build), "
+                                "or run without --measured")
 
         def measure(arch: ss.Arch) -> float:  # whole, deployed, beside the table's anchors, in its scale
             return float(lat.measure_in_table_scale(table, [model.deployed(arch)]).us[0]) / 1000.0

@@ -220,6 +220,11 @@ def test_table_from_another_device_warns(tmp_path, built):
         warnings.simplefilter("always")
         lat.LatencyTable.load(path)
     assert any("another device" in str(w.message) and "Some Other CPU 9000" in str(w.message) for w in caught)
+    # what refuses timing networks here in a table's scale (measured NetAdapt): another device, or no device at all
+    assert table.not_measurable_here() == ""
+    assert other.not_measurable_here().startswith("it was measured on another device (cpu: Some Other CPU 9000 vs")
+    synthetic = lat.LatencyTable.from_layer_us(tiny_space(), 32, lambda cfg: 1.0)
+    assert synthetic.not_measurable_here() == "it is synthetic (not measured)"
 
 
 @pytest.mark.parametrize("host", ["steps", "spikes"])

@@ -490,8 +490,12 @@ def test_bneck_run_prunes_the_best_trial_and_reports_it(net, tmp_path):
     res = CliRunner().invoke(cli, ["run", "--config", str(tmp_path / "run.yaml"), "--out", str(run)],
                              env={"BNECK_CACHE": str(tmp_path / "cache")})
     assert res.exit_code == 0, res.output
+    # measured: auto (the default) steers by the table when it cannot time networks here, and says why
+    assert "NetAdapt steers by the table's predictions, not by timings: the table" in res.output
+    assert "is synthetic (not measured)" in res.output
     best = json.loads((run / "best" / "best.json").read_text())
     r = json.loads((run / "netadapt" / "result.json").read_text())
+    assert r["latency_source"] == "table"
     assert r["target_ms"] == pytest.approx(0.9 * best["latency_ms"])
     assert r["final_predicted_ms"] <= r["target_ms"]
     assert ss.Arch.parse(r["start_arch"]).arch_id == ss.Arch.parse(best["arch"]).arch_id
