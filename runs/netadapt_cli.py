@@ -15,6 +15,9 @@ import search_space as ss
 from runs.errors import UserError, console_err, console_out
 from runs.executors import ExecutorError
 from runs.netadapt_run import run_netadapt, start_from_run, start_from_spec
+from searchers.netadapt import NetAdaptSettings
+
+_DEFAULT = NetAdaptSettings  # the options' defaults are the settings' own (one owner)
 
 
 def print_summary(s: dict[str, Any]) -> None:
@@ -49,23 +52,25 @@ def print_summary(s: dict[str, Any]) -> None:
               help="Latency table (.parquet) [default with --run: the run's].")
 @click.option("--target-ms", type=float, required=True,
               help="Latency to reach, as the table predicts it (with --measured: as measured).")
-@click.option("--step-frac", type=float, default=0.01, show_default=True,
+@click.option("--step-frac", type=float, default=_DEFAULT.step_frac, show_default=True,
               help="δ per iteration as a fraction of the starting latency (MobileNetV3: 0.01).")
-@click.option("--decay", type=float, default=1.0, show_default=True, help="δ_i = δ_0·decay^i (NetAdapt: < 1).")
-@click.option("--selection", type=click.Choice(["ratio", "accuracy"]), default="ratio", show_default=True,
+@click.option("--decay", type=float, default=_DEFAULT.decay, show_default=True,
+              help="δ_i = δ_0·decay^i (NetAdapt: < 1).")
+@click.option("--selection", type=click.Choice(["ratio", "accuracy"]), default=_DEFAULT.selection, show_default=True,
               help="ratio: max ΔAcc/|ΔLat| (MobileNetV3); accuracy: max accuracy (NetAdapt).")
-@click.option("--short-steps", type=int, default=100, show_default=True,
+@click.option("--short-steps", type=int, default=_DEFAULT.short_steps, show_default=True,
               help="Short-term fine-tune steps (benchmarks/netadapt.py: 100 ranked every iteration beyond noise).")
-@click.option("--short-lr", type=float, default=0.01, show_default=True)
-@click.option("--long-epochs", type=float, default=2.0, show_default=True, help="Long-term fine-tune epochs.")
-@click.option("--long-lr", type=float, default=0.05, show_default=True)
-@click.option("--holdout", type=float, default=0.2, show_default=True,
+@click.option("--short-lr", type=float, default=_DEFAULT.short_lr, show_default=True)
+@click.option("--long-epochs", type=float, default=_DEFAULT.long_epochs, show_default=True,
+              help="Long-term fine-tune epochs.")
+@click.option("--long-lr", type=float, default=_DEFAULT.long_lr, show_default=True)
+@click.option("--holdout", type=float, default=_DEFAULT.holdout, show_default=True,
               help="Part of the training split that ranks proposals.")
-@click.option("--max-cut", type=float, default=0.5, show_default=True,
+@click.option("--max-cut", type=float, default=_DEFAULT.max_cut, show_default=True,
               help="Largest fraction of a slot's width one step may cut.")
-@click.option("--collapse-gap", type=float, default=0.05, show_default=True,
+@click.option("--collapse-gap", type=float, default=_DEFAULT.collapse_gap, show_default=True,
               help="Never select a proposal this much top-1 below its iteration's best.")
-@click.option("--collapse-floor", type=float, default=0.8, show_default=True,
+@click.option("--collapse-floor", type=float, default=_DEFAULT.collapse_floor, show_default=True,
               help="... or below this fraction of the start's holdout top-1.")
 @click.option("--measured", is_flag=True,
               help="Time the start and each selected network on this host (the table's protocol, in its scale) and "
