@@ -53,7 +53,10 @@ class NetAdaptStep(BaseModel):
     (3–4 iterations to 90%), the 100-step short-term fine-tunes and guard rails of benchmarks/netadapt.py, 2 long
     epochs. Why 100 steps: there every iteration's proposals spread beyond twice the holdout's standard error,
     while their top-1 right after the cut (what a 5-step fine-tune sees) ranks them at median τ 0.53 / 0.71 to the
-    fine-tuned ranking and picks the same best in 0 / 2 of 9 / 10 iterations (80% / 60% targets)."""
+    fine-tuned ranking and picks the same best in 0 / 2 of 9 / 10 iterations (80% / 60% targets). Steered by
+    timings on this host whenever the table was measured here (`measured: auto`, ~5-12 s a selected network): in
+    benchmarks/netadapt.py --measured its results measured within 4% of their targets in 5 legs of 2 runs, where
+    the table alone let them drift to +4.4% at 60% and +22.9% at 40%."""
 
     model_config = ConfigDict(extra="forbid")
     target_frac: float = Field(0.9, gt=0, lt=1, description="target = this x the best trial's predicted latency")
