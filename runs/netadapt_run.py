@@ -132,7 +132,8 @@ def inline_evaluate(settings: NetAdaptSettings) -> Evaluate:
 
 def run_netadapt(start: Start, table_path: Path, out: Path, settings_kw: dict[str, Any], workers: int,
                  threads: int | None, backend: str, address: str | None, show_progress: bool = True) -> dict[str, Any]:
-    """Load the table, run (or resume) NetAdapt in `out`, export the result to ONNX; returns the summary."""
+    """Load the table, run (or resume) NetAdapt in `out`, export the result to ONNX; returns the summary.
+    `settings_kw["measured"]` may be "auto": timed when the table can be timed here, else by the table, saying why."""
 
     import latency as lat
     from bneck_common.progress import progress_bar
@@ -140,13 +141,18 @@ def run_netadapt(start: Start, table_path: Path, out: Path, settings_kw: dict[st
     table = lat.LatencyTable.load(table_path)
     model = lat.LatencyModel(table)
 
+    why_not = table.not_measurable_here()
+    if settings_kw.get("measured") == "auto":  # bneck run's default: timed wherever this table can be
+        settings_kw = {**settings_kw, "measured": not why_not}
+        if why_not:
+            console_err.print(f"    NetAdapt steers by the table's predictions, not by timings: the table "
+                              f"{Path(table_path).name} {why_not.removeprefix('it ')}", highlight=False)
     threads = threads or max(1, usable_cpus() // workers)
     settings = NetAdaptSettings(**{**settings_kw, "data": start.data, "resolution": start.resolution,
                                    "seed": start.seed, "device": start.device, "threads": threads})
     identity = {"table": str(Path(table_path).resolve())}
     measure = None
     if settings.measured:
-        why_not = table.not_measurable_here()
         if why_not:
             raise NetAdaptError(f"measured NetAdapt times networks on this host in the scale of the table "
                                 f"{Path(table_path).name}, but {why_not}: build one here (bneck latency build), "

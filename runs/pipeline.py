@@ -163,22 +163,14 @@ def _after_search(run: RunDir, pipeline: PipelineConfig, config: RunConfig, step
 
 
 def _netadapt(run: RunDir, step: NetAdaptStep, best_ms: float, config: RunConfig) -> dict[str, Any]:
-    from latency import LatencyTable
     from runs.netadapt_run import run_netadapt, start_from_run
 
     start = start_from_run(run.path, None)
     assert start.table is not None  # a run's saved config always names its table
-    measured = step.measured
-    if measured == "auto":
-        why_not = LatencyTable.load(start.table).not_measurable_here()
-        measured = not why_not
-        if why_not:
-            console_err.print(f"    NetAdapt steers by the table's predictions, not by timings: the table "
-                              f"{start.table.name} {why_not.removeprefix('it ')}", highlight=False)
     target = step.target_ms if step.target_ms is not None else step.target_frac * best_ms
     settings = {"target_ms": target, "step_frac": step.step_frac, "decay": step.decay, "selection": step.selection,
                 "short_steps": step.short_steps, "long_epochs": step.long_epochs, "max_cut": step.max_cut,
-                "collapse_gap": step.collapse_gap, "collapse_floor": step.collapse_floor, "measured": measured}
+                "collapse_gap": step.collapse_gap, "collapse_floor": step.collapse_floor, "measured": step.measured}
     threads = max(1, config.worker_threads() * config.workers // step.workers)
     summary = run_netadapt(start, start.table, run.path / "netadapt", settings, step.workers, threads, "local",
                            None, config.progress)
